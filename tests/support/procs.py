@@ -41,13 +41,13 @@ def port_open(host: str, port: int) -> bool:
 
 
 def wait_for_port(
-    host: str, port: int, timeout_seconds: float = 15.0, process: ManagedProcess | None = None
+    host: str, port: int, timeout: float = 15.0, process: ManagedProcess | None = None
 ) -> None:
-    """Block until ``host:port`` accepts connections, or raise after ``timeout_seconds`` seconds.
+    """Block until ``host:port`` accepts connections, or raise after ``timeout`` seconds.
 
     When ``process`` is given, fail early (with its log) if it exits while we wait.
     """
-    deadline = time.monotonic() + timeout_seconds
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if port_open(host, port):
             return
@@ -58,7 +58,7 @@ def wait_for_port(
             )
         time.sleep(0.05)
     tail = process.log_tail() if process is not None else ""
-    raise ProcessFailedError(f"nothing listened on {host}:{port} within {timeout_seconds}s\n{tail}")
+    raise ProcessFailedError(f"nothing listened on {host}:{port} within {timeout}s\n{tail}")
 
 
 class ManagedProcess:
@@ -115,8 +115,8 @@ class ManagedProcess:
             start_new_session=True,
         )
 
-    def stop(self, timeout_seconds: float = 10.0) -> int | None:
-        """SIGTERM the child by pid, then SIGKILL it if it has not exited within ``timeout_seconds``.
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM the child by pid, then SIGKILL it if it has not exited within ``timeout``.
 
         Returns the exit status (None if it was never started). Safe to call twice.
         """
@@ -127,7 +127,7 @@ class ManagedProcess:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, signal.SIGTERM)
             try:
-                proc.wait(timeout_seconds)
+                proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(proc.pid, signal.SIGKILL)
@@ -154,7 +154,7 @@ class ManagedProcess:
 
 
 def run_checked(
-    argv: Sequence[str], timeout_seconds: float = 120.0, env: Mapping[str, str] | None = None
+    argv: Sequence[str], timeout: float = 120.0, env: Mapping[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run a short command to completion; raise with its stderr when it fails."""
     try:
@@ -163,12 +163,12 @@ def run_checked(
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
-            timeout=timeout_seconds,
+            timeout=timeout,
             env=dict(env) if env is not None else None,
             check=False,
         )
     except subprocess.TimeoutExpired as exc:
-        raise ProcessFailedError(f"{argv[0]} timed out after {timeout_seconds}s: {' '.join(argv)}") from exc
+        raise ProcessFailedError(f"{argv[0]} timed out after {timeout}s: {' '.join(argv)}") from exc
     if result.returncode != 0:
         raise ProcessFailedError(
             f"{' '.join(argv)} exited {result.returncode}\nstderr:\n{result.stderr}\nstdout:\n{result.stdout}"
