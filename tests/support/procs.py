@@ -40,9 +40,7 @@ def port_open(host: str, port: int) -> bool:
     return False
 
 
-def wait_for_port(
-    host: str, port: int, timeout: float = 15.0, process: ManagedProcess | None = None
-) -> None:
+def wait_for_port(host: str, port: int, timeout: float = 15.0, process: ManagedProcess | None = None) -> None:
     """Block until ``host:port`` accepts connections, or raise after ``timeout`` seconds.
 
     When ``process`` is given, fail early (with its log) if it exits while we wait.
