@@ -1,0 +1,311 @@
+"""The registry harness against the real programs: docker-registry 2.8.2 and skopeo.
+
+These tests prove that tests/support drives the registry the way the end-to-end tests rely on:
+what is pushed is what catalog, tags/list and HEAD report, deletes and GC behave as on 2.8.2,
+auth works, and notifications reach a receiver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from tests.support import oci, skopeo
+from tests.support.procs import LOOPBACK, free_port
+from tests.support.registry import (
+    BasicCredentials,
+    HtpasswdAuth,
+    NotificationEndpoint,
+    RegistryServer,
+    TokenIssuer,
+    bearer_headers,
+    repository_access,
+)
+
+EVENTS_V1 = "application/vnd.docker.distribution.events.v1+json"
+
+
+@pytest.fixture
+def registry_factory(tmp_path: Path) -> Iterator[Callable[..., RegistryServer]]:
+    """Start registries on tmp storage; every one is stopped (by pid) at teardown."""
+    started: list[RegistryServer] = []
+
+    def make(**kwargs: Any) -> RegistryServer:
+        server = RegistryServer(tmp_path / f"registry-{len(started)}", **kwargs)
+        started.append(server)
+        server.start()
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def registry(registry_factory: Callable[..., RegistryServer]) -> RegistryServer:
+    """A registry without auth or notifications."""
+    return registry_factory()
+
+
+@dataclass
+class EventReceiver:
+    """A bare notification endpoint that records what the registry posts."""
+
+    url: str
+    requests: list[tuple[dict[str, str], dict[str, Any]]] = field(default_factory=list)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def record(self, headers: dict[str, str], envelope: dict[str, Any]) -> None:
+        self.requests.append((headers, envelope))
+        self.arrived.set()
+
+    def events(self) -> list[dict[str, Any]]:
+        return [event for _, envelope in self.requests for event in envelope["events"]]
+
+    async def wait_for(self, predicate: Callable[[list[dict[str, Any]]], bool], seconds: float = 20) -> None:
+        async with asyncio.timeout(seconds):
+            while not predicate(self.events()):
+                self.arrived.clear()
+                await self.arrived.wait()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[EventReceiver]:
+    port = free_port()
+    rec = EventReceiver(url=f"http://{LOOPBACK}:{port}/events")
+
+    async def handle(request: web.Request) -> web.Response:
+        rec.record(dict(request.headers), json.loads(await request.read()))
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/events", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, LOOPBACK, port).start()
+    yield rec
+    await runner.cleanup()
+
+
+async def test_single_arch_oci_push_is_what_the_registry_reports(
+    registry: RegistryServer, tmp_path: Path
+) -> None:
+    image = oci.write_image(tmp_path / "layout", "a")
+
+    pushed = await skopeo.push(image, registry, "myapp1", "1.0")
+
+    assert pushed == image.digest
+    assert await registry.catalog() == ["myapp1"]
+    assert await registry.tags("myapp1") == ["1.0"]
+    assert await registry.head_digest("myapp1", "1.0") == image.digest
+    media_type, manifest = await registry.get_manifest("myapp1", "1.0")
+    assert media_type == oci.OCI_MANIFEST
+    assert manifest["mediaType"] == oci.OCI_MANIFEST
+
+
+async def test_each_written_image_has_new_digests(tmp_path: Path) -> None:
+    first = oci.write_image(tmp_path / "layout", "x")
+    second = oci.write_image(tmp_path / "layout", "x")
+
+    assert first.digest != second.digest
+    assert oci.read_ref(tmp_path / "layout", "x").digest == second.digest
+
+
+async def test_multi_arch_index_push_keeps_index_and_children(
+    registry: RegistryServer, tmp_path: Path
+) -> None:
+    index = oci.write_index(tmp_path / "layout", "multi")
+
+    pushed = await skopeo.push(index, registry, "team/myapp2", "3.0")
+
+    assert pushed == index.digest
+    assert await registry.head_digest("team/myapp2", "3.0") == index.digest
+    media_type, doc = await registry.get_manifest("team/myapp2", "3.0")
+    assert media_type == oci.OCI_INDEX
+    assert tuple(m["digest"] for m in doc["manifests"]) == index.children
+    assert [m["platform"]["architecture"] for m in doc["manifests"]] == ["amd64", "arm64"]
+    for child in index.children:
+        assert await registry.head_digest("team/myapp2", child) == child
+
+
+async def test_schema2_push_converts_the_manifest(registry: RegistryServer, tmp_path: Path) -> None:
+    image = oci.write_image(tmp_path / "layout", "legacy")
+
+    pushed = await skopeo.push(image, registry, "legacy/app", "4.0", v2s2=True)
+
+    assert pushed != image.digest
+    assert await registry.head_digest("legacy/app", "4.0") == pushed
+    media_type, manifest = await registry.get_manifest("legacy/app", "4.0")
+    assert media_type == oci.DOCKER_MANIFEST
+    assert manifest["config"]["mediaType"] == "application/vnd.docker.container.image.v1+json"
+
+
+async def test_retag_push_by_digest_and_pull(registry: RegistryServer, tmp_path: Path) -> None:
+    layout = tmp_path / "layout"
+    tagged = oci.write_image(layout, "tagged")
+    untagged = oci.write_image(layout, "untagged")
+    await skopeo.push(tagged, registry, "myapp1", "2.0")
+
+    assert await skopeo.retag(registry, "myapp1", "2.0", "stable") == tagged.digest
+    assert await skopeo.push_by_digest(untagged, registry, "myapp1") == untagged.digest
+
+    assert await registry.tags("myapp1") == ["2.0", "stable"]
+    assert await registry.head_digest("myapp1", "stable") == tagged.digest
+    assert await registry.head_digest("myapp1", untagged.digest) == untagged.digest
+    pulled = await skopeo.pull(registry, "myapp1", "stable", tmp_path / "pulled", "p")
+    assert pulled.digest == tagged.digest
+    raw = await skopeo.inspect(registry, "myapp1", "2.0")
+    assert raw["mediaType"] == oci.OCI_MANIFEST
+
+
+async def test_catalog_follows_pagination(registry: RegistryServer, tmp_path: Path) -> None:
+    image = oci.write_image(tmp_path / "layout", "a")
+    names = ["b/one", "a", "c"]
+    for name in names:
+        await skopeo.push(image, registry, name, "t")
+
+    assert await registry.catalog(page_size=1) == sorted(names)
+
+
+async def test_delete_by_digest_removes_every_tag_on_it(registry: RegistryServer, tmp_path: Path) -> None:
+    layout = tmp_path / "layout"
+    doomed = oci.write_image(layout, "doomed")
+    kept = oci.write_image(layout, "kept")
+    await skopeo.push(doomed, registry, "myapp1", "2.0")
+    await skopeo.retag(registry, "myapp1", "2.0", "stable")
+    await skopeo.push(kept, registry, "myapp1", "1.0")
+
+    await registry.delete_manifest("myapp1", doomed.digest)
+
+    assert await registry.tags("myapp1") == ["1.0"]
+    assert await registry.head_digest("myapp1", "2.0") is None
+    assert await registry.head_digest("myapp1", "stable") is None
+    assert await registry.head_digest("myapp1", doomed.digest) is None
+    assert await registry.snapshot() == {"myapp1": {"1.0": kept.digest}}
+
+
+async def test_a_repository_without_tags_stays_in_the_catalog(
+    registry: RegistryServer, tmp_path: Path
+) -> None:
+    """2.8.2: deleting the last tagged digest leaves the name in _catalog with tags: null."""
+    image = oci.write_image(tmp_path / "layout", "only")
+    await skopeo.push(image, registry, "lonely", "1.0")
+
+    await registry.delete_manifest("lonely", image.digest)
+
+    assert await registry.catalog() == ["lonely"]
+    assert await registry.tags("lonely") == []
+    assert await registry.tags("never-pushed") is None
+
+
+async def test_garbage_collect_delete_untagged_drops_untagged_manifests(
+    registry: RegistryServer, tmp_path: Path
+) -> None:
+    layout = tmp_path / "layout"
+    tagged = oci.write_image(layout, "tagged")
+    untagged = oci.write_image(layout, "untagged")
+    await skopeo.push(tagged, registry, "myapp1", "1.0")
+    await skopeo.push_by_digest(untagged, registry, "myapp1")
+
+    with pytest.raises(RuntimeError, match="read-only"):
+        registry.garbage_collect(delete_untagged=True)
+    registry.restart(read_only=True)
+    registry.garbage_collect(delete_untagged=True)
+    registry.restart(read_only=False)
+
+    assert await registry.head_digest("myapp1", untagged.digest) is None
+    assert await registry.head_digest("myapp1", "1.0") == tagged.digest
+
+
+async def test_restart_keeps_storage_and_ports(registry: RegistryServer, tmp_path: Path) -> None:
+    image = oci.write_image(tmp_path / "layout", "a")
+    await skopeo.push(image, registry, "myapp1", "1.0")
+    port, old_pid = registry.port, registry.pid
+
+    registry.restart()
+
+    assert registry.port == port
+    assert registry.pid not in (None, old_pid)
+    assert await registry.snapshot() == {"myapp1": {"1.0": image.digest}}
+
+
+async def test_htpasswd_auth(registry_factory: Callable[..., RegistryServer], tmp_path: Path) -> None:
+    user = BasicCredentials("ci-bot", "s3cret-pw")
+    registry = registry_factory(auth=HtpasswdAuth([user]))
+    image = oci.write_image(tmp_path / "layout", "a")
+
+    with pytest.raises(skopeo.SkopeoError, match=r"unauthorized|authentication required"):
+        await skopeo.push(image, registry, "myapp1", "1.0")
+    with pytest.raises(skopeo.SkopeoError):
+        await skopeo.push(
+            image, registry, "myapp1", "1.0", auth=skopeo.Auth(creds=BasicCredentials("ci-bot", "no"))
+        )
+    await skopeo.push(image, registry, "myapp1", "1.0", auth=skopeo.Auth(creds=user))
+
+    assert await registry.snapshot() == {"myapp1": {"1.0": image.digest}}
+
+
+@pytest.mark.parametrize("algorithm", ["ES256", "RS256"])
+async def test_token_auth_with_libtrust_kid(
+    registry_factory: Callable[..., RegistryServer], tmp_path: Path, algorithm: str
+) -> None:
+    issuer = TokenIssuer(tmp_path / "keys", algorithm=algorithm)  # type: ignore[arg-type]
+    stranger = TokenIssuer(tmp_path / "other-keys", issuer=issuer.issuer, service=issuer.service)
+    registry = registry_factory(auth=issuer.auth(), token_issuer=issuer)
+    image = oci.write_image(tmp_path / "layout", "a")
+    access = [repository_access("myapp1", ["pull", "push"])]
+
+    # Same claims, signed by a key the registry does not trust.
+    with pytest.raises(skopeo.SkopeoError, match=r"denied|unauthorized|authentication required"):
+        await skopeo.push(image, registry, "myapp1", "1.0", auth=skopeo.Auth(token=stranger.mint(access)))
+    # A trusted token for another repository.
+    with pytest.raises(skopeo.SkopeoError, match=r"denied|unauthorized|authentication required"):
+        await skopeo.push(
+            image,
+            registry,
+            "myapp1",
+            "1.0",
+            auth=skopeo.Auth(token=issuer.mint([repository_access("other")])),
+        )
+    await skopeo.push(image, registry, "myapp1", "1.0", auth=skopeo.Auth(token=issuer.mint(access)))
+
+    assert await registry.snapshot() == {"myapp1": {"1.0": image.digest}}
+
+
+async def test_notifications_reach_the_endpoint(
+    registry_factory: Callable[..., RegistryServer], receiver: EventReceiver, tmp_path: Path
+) -> None:
+    registry = registry_factory(
+        notifications=[NotificationEndpoint(receiver.url, headers=bearer_headers("tok-123"))]
+    )
+    index = oci.write_index(tmp_path / "layout", "multi")
+
+    await skopeo.push(index, registry, "team/myapp2", "3.0")
+    await receiver.wait_for(lambda evs: any(e["target"].get("tag") == "3.0" for e in evs))
+
+    headers = [h for h, _ in receiver.requests]
+    assert {h["Authorization"] for h in headers} == {"Bearer tok-123"}
+    assert {h["Content-Type"] for h in headers} == {EVENTS_V1}
+    manifest_pushes = [
+        e
+        for e in receiver.events()
+        if e["action"] == "push" and e["target"]["mediaType"] != "application/octet-stream"
+    ]
+    by_digest = {e["target"]["digest"]: e for e in manifest_pushes}
+    assert set(by_digest) == {index.digest, *index.children}
+    assert by_digest[index.digest]["target"]["tag"] == "3.0"
+    # includereferences: the index event lists its children.
+    assert [r["digest"] for r in by_digest[index.digest]["target"]["references"]] == list(index.children)
+    for child in index.children:
+        assert "tag" not in by_digest[child]["target"]
+
+    await registry.wait_notifications_delivered()
+    delivered = (await registry.notification_metrics())["consumer"]
+    assert delivered["Successes"] == delivered["Events"] == len(receiver.requests)
