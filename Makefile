@@ -1,0 +1,50 @@
+# The two commands a user needs: `make run` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CONFIG ?= config/consumer.example.yaml
+SYSTEM_PACKAGES := docker-registry skopeo redis-server nginx-light prometheus wrk docker-compose
+export REGISTRY_CONSUMER_REDIS_URL ?= redis://127.0.0.1:6379/0
+
+.PHONY: venv run test lint typecheck system-deps bench demo clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+run: venv
+	@$(BIN)/python scripts/ensure_redis.py "$$REGISTRY_CONSUMER_REDIS_URL"
+	$(BIN)/registry-consumer serve --config $(CONFIG)
+
+# Installs the Debian packages the end-to-end tests drive, when missing and when we are root.
+system-deps:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:$$missing"; apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	  else echo "missing system packages (run as root to install):$$missing" >&2; fi; \
+	fi
+
+lint: venv
+	$(BIN)/ruff check consumer tests bench scripts
+	$(BIN)/mypy consumer
+
+test: venv system-deps
+	$(BIN)/ruff check consumer tests bench scripts
+	$(BIN)/mypy consumer
+	$(BIN)/pytest -q -rs tests
+
+bench: venv system-deps
+	$(BIN)/python bench/webhook_bench.py
+
+demo: venv system-deps
+	$(BIN)/python scripts/demo.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

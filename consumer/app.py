@@ -1,0 +1,163 @@
+"""The application factory: routes, middlewares, and the lifetime of Redis and background tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import redis.exceptions
+from aiohttp import web
+from redis.asyncio import Redis
+
+from consumer import api, health, webhook
+from consumer.appkeys import (
+    DEAD_LETTERS,
+    HOOKS,
+    INDEX,
+    KEYS,
+    METRICS,
+    REDIS,
+    SETTINGS,
+    STATE,
+    VERIFIER,
+)
+from consumer.deadletters import DeadLetters
+from consumer.errors import AuthError, ConsumerError, ForbiddenError, StoreUnavailable
+from consumer.hooks import EventHooks
+from consumer.index import TagIndex
+from consumer.metrics import Metrics
+from consumer.rediskeys import RedisKeys
+from consumer.settings import Settings
+from consumer.state import ServiceState
+from consumer.tokens import TokenVerifier
+
+log = logging.getLogger(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.BusyLoadingError)
+WEBHOOK_PATH = "/v1/events"
+
+
+def _error_response(exc: ConsumerError) -> web.Response:
+    response = web.json_response({"error": exc.code, "detail": exc.detail}, status=exc.status)
+    if isinstance(exc, AuthError):
+        error = "insufficient_scope" if isinstance(exc, ForbiddenError) else "invalid_token"
+        response.headers["WWW-Authenticate"] = f'Bearer realm="registry-consumer", error="{error}"'
+    return response
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The one place where domain errors and an unreachable Redis become HTTP answers."""
+    try:
+        return await handler(request)
+    except ConsumerError as exc:
+        return _error_response(exc)
+    except REDIS_DOWN as exc:
+        request.app[METRICS].redis_errors.inc()
+        log.warning("redis unreachable: %s", exc)
+        return _error_response(StoreUnavailable("redis unreachable"))
+
+
+@web.middleware
+async def webhook_metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Counts webhook answers by code and times them (the registry's timeout is 1 s)."""
+    if request.path != WEBHOOK_PATH:
+        return await handler(request)
+    metrics = request.app[METRICS]
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        metrics.webhook_requests.labels(str(status)).inc()
+        metrics.webhook_duration.observe(time.perf_counter() - started)
+
+
+async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    client = Redis.from_url(
+        settings.redis_url,
+        socket_timeout=settings.redis_timeout_seconds,
+        socket_connect_timeout=settings.redis_timeout_seconds,
+    )
+    keys = app[KEYS]
+    app[REDIS] = client
+    app[INDEX] = TagIndex(
+        client,
+        keys,
+        dedup_ttl_seconds=settings.dedup_ttl_seconds,
+        tombstone_ttl_seconds=settings.tombstone_ttl_seconds,
+    )
+    app[DEAD_LETTERS] = DeadLetters(
+        client,
+        keys.dead_letters,
+        max_entries=settings.dead_letter_max_entries,
+        max_bytes=settings.dead_letter_max_bytes,
+    )
+    yield
+    await app[HOOKS].drain(settings.shutdown_timeout_seconds)
+    await client.aclose()
+
+
+async def refresh_gauges(app: web.Application) -> None:
+    """Recompute the gauges that summarise Redis state (index size, dead letters)."""
+    metrics = app[METRICS]
+    stats = await app[INDEX].stats()
+    metrics.index_repositories.set(stats.repositories)
+    metrics.index_tags.set(stats.tags)
+    metrics.dead_letter_entries.set(await app[DEAD_LETTERS].length())
+
+
+async def _gauges_loop(app: web.Application) -> None:
+    interval = app[SETTINGS].stats_interval_seconds
+    while True:
+        try:
+            await refresh_gauges(app)
+        except REDIS_DOWN:
+            app[METRICS].redis_errors.inc()
+        except Exception:
+            log.exception("refreshing gauges failed")
+        await asyncio.sleep(interval)
+
+
+async def _background_ctx(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(_gauges_loop(app))
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _mark_shutting_down(app: web.Application) -> None:
+    # /readyz answers 503 from here on, so load balancers stop sending new work.
+    app[STATE].shutting_down = True
+    app[METRICS].ready.set(0)
+
+
+def create_app(settings: Settings, *, metrics: Metrics | None = None) -> web.Application:
+    """Build the aiohttp application for ``settings``; nothing connects until it starts."""
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[webhook_metrics_middleware, error_middleware],
+    )
+    app[SETTINGS] = settings
+    app[METRICS] = metrics or Metrics()
+    app[KEYS] = RedisKeys(settings.key_prefix)
+    app[STATE] = ServiceState()
+    app[HOOKS] = EventHooks()
+    app[VERIFIER] = TokenVerifier(settings.auth, settings.jwt_secret_bytes())
+    app.cleanup_ctx.append(_redis_ctx)
+    app.cleanup_ctx.append(_background_ctx)
+    app.on_shutdown.append(_mark_shutting_down)
+    app.add_routes(health.routes)
+    app.add_routes(webhook.routes)
+    app.add_routes(api.routes)
+    return app

@@ -1,0 +1,84 @@
+"""The ``registry-consumer`` command: ``serve`` and ``token`` (and the commands later issues add)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from aiohttp import web
+
+from consumer.durations import parse_duration_seconds
+from consumer.errors import ConfigError
+from consumer.settings import Settings, load_settings
+from consumer.tokens import mint
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(args.config)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the HTTP service until SIGINT/SIGTERM."""
+    from consumer.app import create_app
+    from consumer.logs import configure_logging
+
+    settings = _settings(args)
+    configure_logging(settings.log_level)
+    web.run_app(
+        create_app(settings),
+        host=settings.listen_host,
+        port=settings.listen_port,
+        shutdown_timeout=settings.shutdown_timeout_seconds,
+        access_log=None,
+        print=lambda msg: print(f"registry-consumer listening on {settings.listen}", file=sys.stderr),
+    )
+    return 0
+
+
+def cmd_token_mint(args: argparse.Namespace) -> int:
+    """Print a signed token, e.g. for the registry's ``notifications.endpoints[].headers``."""
+    settings = _settings(args)
+    secret = settings.jwt_secret_bytes()
+    if secret is None:
+        raise ConfigError("invalid configuration: jwt_secret: required to mint tokens "
+                          "(set REGISTRY_CONSUMER_JWT_SECRET or jwt_secret_file)")
+    ttl = parse_duration_seconds(args.ttl)
+    print(mint(settings.auth, secret, sub=args.sub, scope=args.scope, ttl_seconds=ttl))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; subcommands set ``func``."""
+    parser = argparse.ArgumentParser(prog="registry-consumer", description=__doc__)
+    parser.add_argument("--config", type=Path, default=None,
+                        help="YAML config file (default: $REGISTRY_CONSUMER_CONFIG)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the webhook and API server")
+    serve.set_defaults(func=cmd_serve)
+
+    token = sub.add_parser("token", help="mint, revoke and inspect tokens")
+    token_sub = token.add_subparsers(dest="token_command", required=True)
+    mint_p = token_sub.add_parser("mint", help="print a signed token")
+    mint_p.add_argument("--sub", required=True)
+    mint_p.add_argument("--scope", required=True, help='space-separated, e.g. "events:write index:read"')
+    mint_p.add_argument("--ttl", required=True, help="lifetime, e.g. 3600s, 12h, 365d")
+    mint_p.add_argument("--kid", default=None, help="signing key id (key sets)")
+    mint_p.set_defaults(func=cmd_token_mint)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script and of ``python -m consumer``."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"registry-consumer: {exc.detail}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"registry-consumer: {exc}", file=sys.stderr)
+        return 2

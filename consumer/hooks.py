@@ -1,0 +1,51 @@
+"""Fan-out of applied events to the policies (latest, retention, audit) without delaying the webhook.
+
+The registry gives up on a delivery after its timeout (1 s by default) and then sends a duplicate,
+so listeners run as background tasks; shutdown waits for them for a bounded time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from consumer.envelope import Change
+
+Listener = Callable[[Change], Awaitable[None]]
+log = logging.getLogger(__name__)
+
+
+class EventHooks:
+    """Listeners called once for every event the index applied (never for duplicates)."""
+
+    def __init__(self) -> None:
+        self._listeners: list[Listener] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def publish(self, change: Change) -> None:
+        """Schedule every listener for ``change`` and return at once."""
+        for listener in self._listeners:
+            task = asyncio.create_task(self._run(listener, change))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _run(listener: Listener, change: Change) -> None:
+        try:
+            await listener(change)
+        except Exception:
+            log.exception("event listener failed", extra={"event_id": change.event_id})
+
+    async def drain(self, timeout_seconds: float) -> None:
+        """Wait for in-flight listeners, cancelling what is left after ``timeout_seconds``."""
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(set(self._tasks), timeout=timeout_seconds)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)

@@ -1,0 +1,198 @@
+"""The tag index in Redis: applies registry events exactly once in effect, and answers queries.
+
+Every change and its event's dedup marker are written by one Lua script, so the marker never
+exists without the change. The scripts implement last-writer-wins per tag and per manifest by
+event timestamp, with expiring tombstones for deletes, so any delivery order with any duplicates
+converges to the state timestamp order gives.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+from consumer.envelope import Change, ChangeKind
+from consumer.rediskeys import RedisKeys
+
+_SCRIPTS = ("push_tag", "push_manifest", "delete_tag", "delete_digest", "pull", "mark")
+_SCRIPT_FOR = {
+    ChangeKind.TAG_PUSH: "push_tag",
+    ChangeKind.MANIFEST_PUSH: "push_manifest",
+    ChangeKind.TAG_DELETE: "delete_tag",
+    ChangeKind.DIGEST_DELETE: "delete_digest",
+    ChangeKind.PULL: "pull",
+    ChangeKind.IGNORED: "mark",
+}
+
+
+def _load_lua(name: str) -> str:
+    lua = resources.files("consumer") / "lua"
+    return (lua / "prelude.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
+
+
+def _iso(clock_us: str | None) -> str | None:
+    if not clock_us:
+        return None
+    seconds, micros = divmod(int(clock_us), 1_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{micros:06d}Z"
+
+
+def text(value: Any) -> str:
+    """A Redis reply as text (replies are bytes; redis-py's types also allow str)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _int(value: Any) -> int | None:
+    return int(value) if value not in (None, "") else None
+
+
+@dataclass(frozen=True, slots=True)
+class TagInfo:
+    """A live tag as the index knows it."""
+
+    tag: str
+    digest: str
+    media_type: str | None
+    size: int | None
+    pushed_at: str | None
+    last_pulled_at: str | None
+    actor: str | None
+    pushed_at_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestInfo:
+    """A live manifest, with the live tags that point at it."""
+
+    digest: str
+    media_type: str | None
+    size: int | None
+    pushed_at: str | None
+    last_pulled_at: str | None
+    tags: list[str]
+    references: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class IndexStats:
+    repositories: int
+    tags: int
+
+
+class TagIndex:
+    """Reads and writes one Redis's tag index; scripts are registered once, here."""
+
+    def __init__(self, redis: Redis, keys: RedisKeys, *, dedup_ttl_seconds: int, tombstone_ttl_seconds: int):
+        self._redis = redis
+        self._keys = keys
+        self._dedup_ttl = dedup_ttl_seconds
+        self._tomb_ttl = tombstone_ttl_seconds
+        self._scripts: dict[str, AsyncScript] = {n: redis.register_script(_load_lua(n)) for n in _SCRIPTS}
+
+    async def apply(self, change: Change) -> bool:
+        """Apply one event; False when its id was already applied (a duplicate delivery)."""
+        repo = self._keys.repo(change.repository)
+        args: list[str | int] = [self._dedup_ttl, self._tomb_ttl, int(time.time())]
+        ts = str(change.timestamp_us)
+        size = "" if change.size is None else str(change.size)
+        refs = json.dumps(list(change.references)) if change.references else ""
+        match change.kind:
+            case ChangeKind.TAG_PUSH:
+                args += [change.tag or "", change.digest or "", ts, change.media_type or "", size,
+                         change.actor or "", refs]
+            case ChangeKind.MANIFEST_PUSH:
+                args += [change.digest or "", ts, change.media_type or "", size, refs]
+            case ChangeKind.TAG_DELETE:
+                args += [change.tag or "", ts]
+            case ChangeKind.DIGEST_DELETE:
+                args += [change.digest or "", ts]
+            case ChangeKind.PULL:
+                args += [change.tag or "", change.digest or "", ts]
+        script = self._scripts[_SCRIPT_FOR[change.kind]]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            await script(keys=repo.index_keys(change.event_id), args=args, client=pipe)
+            if change.kind in (ChangeKind.TAG_PUSH, ChangeKind.MANIFEST_PUSH):
+                # The catalogue is global (another slot), so it is kept outside the script; adding is
+                # idempotent and the registry itself never forgets a repository either.
+                pipe.zadd(self._keys.repositories, {change.repository: 0})
+            result = await pipe.execute()
+        return bool(result[0])
+
+    async def list_repositories(self, limit: int, last: str | None) -> list[str]:
+        """Repository names after ``last`` in lexical order, like the registry's ``_catalog``."""
+        start = f"({last}" if last else "-"
+        names = await self._redis.zrangebylex(self._keys.repositories, start, "+", start=0, num=limit)
+        return [text(n) for n in names]
+
+    async def has_repository(self, repository: str) -> bool:
+        return await self._redis.zscore(self._keys.repositories, repository) is not None
+
+    async def list_tags(self, repository: str) -> list[TagInfo]:
+        """Every live tag of ``repository``, sorted by name."""
+        repo = self._keys.repo(repository)
+        names = sorted(text(n) for n in await self._redis.zrange(repo.tags, 0, -1))
+        if not names:
+            return []
+        tag_raw = await self._redis.hmget(repo.tag_records, names)
+        tags = []
+        for name, raw in zip(names, tag_raw, strict=True):
+            if raw is None:
+                continue
+            rec = json.loads(raw)
+            tags.append(
+                TagInfo(
+                    tag=name,
+                    digest=rec["d"],
+                    media_type=rec.get("mt") or None,
+                    size=_int(rec.get("sz")),
+                    pushed_at=_iso(rec.get("ts")),
+                    last_pulled_at=_iso(rec.get("pulled")),
+                    actor=rec.get("actor") or None,
+                    pushed_at_us=int(rec["ts"]),
+                )
+            )
+        return tags
+
+    async def get_manifest(self, repository: str, digest: str) -> ManifestInfo | None:
+        """A live manifest and its tags, or None."""
+        repo = self._keys.repo(repository)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zscore(repo.manifests, digest)
+            pipe.hget(repo.manifest_records, digest)
+            pipe.zrangebylex(repo.digest_tags, f"[{digest} ", f"({digest}!")
+            live, raw, members = await pipe.execute()
+        if live is None or raw is None:
+            return None
+        rec = json.loads(raw)
+        return ManifestInfo(
+            digest=digest,
+            media_type=rec.get("mt") or None,
+            size=_int(rec.get("sz")),
+            pushed_at=_iso(rec.get("ts")),
+            last_pulled_at=_iso(rec.get("pulled")),
+            tags=sorted(text(m).split(" ", 1)[1] for m in members),
+            references=json.loads(rec["refs"]) if rec.get("refs") else [],
+        )
+
+    async def stats(self, batch: int = 500) -> IndexStats:
+        """Counts for the index gauges; O(repositories) ZCARDs, pipelined in batches."""
+        repos = 0
+        tags = 0
+        last: str | None = None
+        while True:
+            names = await self.list_repositories(batch, last)
+            if not names:
+                break
+            repos += len(names)
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.zcard(self._keys.repo(name).tags)
+                tags += sum(await pipe.execute())
+            last = names[-1]
+        return IndexStats(repositories=repos, tags=tags)

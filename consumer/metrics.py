@@ -1,0 +1,102 @@
+"""Every Prometheus metric of the service, on a per-application registry.
+
+Label values are bounded sets and pre-initialised so every series exists from the first scrape.
+Repository, tag and actor are never labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.process_collector import ProcessCollector
+
+PREFIX = "registry_consumer"
+
+EVENT_ACTIONS = ("push", "pull", "delete", "mount", "unknown")
+EVENT_OUTCOMES = ("applied", "duplicate", "dead_lettered", "ignored")
+WEBHOOK_CODES = ("200", "401", "403", "413", "500", "503")
+AUTH_FAILURE_REASONS = (
+    "missing",
+    "malformed",
+    "expired",
+    "not_yet_valid",
+    "bad_signature",
+    "bad_algorithm",
+    "unknown_kid",
+    "bad_audience",
+    "bad_issuer",
+    "missing_claim",
+    "oversized",
+    "revoked",
+    "insufficient_scope",
+)
+
+
+def _init_labels(metric: Counter | Gauge, *label_sets: Iterable[str]) -> None:
+    if len(label_sets) == 1:
+        for value in label_sets[0]:
+            metric.labels(value)
+        return
+    first, *rest = label_sets
+    for value in first:
+        for combo in _product(rest):
+            metric.labels(value, *combo)
+
+
+def _product(sets: list[Iterable[str]]) -> list[tuple[str, ...]]:
+    combos: list[tuple[str, ...]] = [()]
+    for values in sets:
+        combos = [(*c, v) for c in combos for v in values]
+    return combos
+
+
+class Metrics:
+    """The service's metrics, bound to one :class:`CollectorRegistry`."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, *, process: bool = True) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        if process:
+            ProcessCollector(registry=r)
+        self.events = Counter(
+            f"{PREFIX}_events_total", "Registry events by action and outcome.", ["action", "outcome"], registry=r
+        )
+        _init_labels(self.events, EVENT_ACTIONS, EVENT_OUTCOMES)
+        self.webhook_requests = Counter(
+            f"{PREFIX}_webhook_requests_total", "Webhook answers by HTTP status code.", ["code"], registry=r
+        )
+        _init_labels(self.webhook_requests, WEBHOOK_CODES)
+        self.webhook_duration = Histogram(
+            f"{PREFIX}_webhook_request_duration_seconds",
+            "Time to answer one webhook delivery (the registry gives up after its timeout, 1 s by default).",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=r,
+        )
+        self.redis_errors = Counter(
+            f"{PREFIX}_redis_errors_total", "Redis commands that failed (connection, timeout).", registry=r
+        )
+        self.redis_roundtrip = Histogram(
+            f"{PREFIX}_redis_roundtrip_seconds",
+            "Round-trip time of the readiness PING to Redis.",
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
+            registry=r,
+        )
+        self.ready = Gauge(f"{PREFIX}_ready", "1 when Redis answers and the service is not shutting down.",
+                           registry=r)
+        self.auth_failures = Counter(
+            f"{PREFIX}_auth_failures_total", "Rejected bearer tokens by reason.", ["reason"], registry=r
+        )
+        _init_labels(self.auth_failures, AUTH_FAILURE_REASONS)
+        self.index_repositories = Gauge(
+            f"{PREFIX}_index_repositories", "Repositories in the tag index.", registry=r
+        )
+        self.index_tags = Gauge(f"{PREFIX}_index_tags", "Live tags in the tag index.", registry=r)
+        self.dead_letter_entries = Gauge(
+            f"{PREFIX}_dead_letter_entries", "Entries in the capped dead-letter stream.", registry=r
+        )
+        self.last_event_timestamp = Gauge(
+            f"{PREFIX}_last_event_timestamp_seconds",
+            "Unix time at which the last registry event was accepted.",
+            registry=r,
+        )

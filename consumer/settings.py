@@ -1,0 +1,138 @@
+"""The one frozen settings object, validated at start-up.
+
+Sources, highest priority first: environment variables (``REGISTRY_CONSUMER_<FIELD>``, nested fields
+with ``__``), then the YAML config file, then the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from consumer.errors import ConfigError
+
+ENV_PREFIX = "REGISTRY_CONSUMER_"
+CONFIG_ENV = ENV_PREFIX + "CONFIG"
+DAY_SECONDS = 86_400
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class AuthSettings(_Section):
+    """How the consumer verifies the bearer tokens sent to its own API and webhook."""
+
+    issuer: str = "registry-consumer"
+    audience: str = "registry-consumer"
+    leeway_seconds: int = Field(default=30, ge=0, le=60)
+    max_token_bytes: int = Field(default=8192, ge=512, le=65_536)
+
+
+class Settings(BaseSettings):
+    """Everything the service needs to run; built once by :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="forbid",
+    )
+
+    listen: str = "127.0.0.1:8080"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_timeout_seconds: float = Field(default=0.5, gt=0, le=30)
+    key_prefix: str = Field(default="rc", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    jwt_secret: SecretStr | None = None
+    jwt_secret_file: Path | None = None
+    auth: AuthSettings = AuthSettings()
+
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1_048_576)
+    dedup_ttl_seconds: int = Field(default=7 * DAY_SECONDS, ge=60)
+    tombstone_ttl_seconds: int = Field(default=7 * DAY_SECONDS, ge=60)
+    dead_letter_max_entries: int = Field(default=10_000, ge=10)
+    dead_letter_max_bytes: int = Field(default=16_384, ge=256)
+    stats_interval_seconds: float = Field(default=15.0, gt=0)
+    shutdown_timeout_seconds: float = Field(default=10.0, gt=0)
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("must be host:port, e.g. 127.0.0.1:8080")
+        return value
+
+    @model_validator(mode="after")
+    def _check_secret_sources(self) -> Settings:
+        if self.jwt_secret is not None and self.jwt_secret_file is not None:
+            raise ValueError("set jwt_secret or jwt_secret_file, not both")
+        return self
+
+    @property
+    def listen_host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def listen_port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+    def jwt_secret_bytes(self) -> bytes | None:
+        """The HS256 secret of the simple set-up, from the environment, the config or a file."""
+        if self.jwt_secret is not None:
+            return self.jwt_secret.get_secret_value().encode()
+        if self.jwt_secret_file is not None:
+            return self.jwt_secret_file.read_bytes().strip()
+        return None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The YAML file arrives as init kwargs; the environment must win over it.
+        return env_settings, init_settings, file_secret_settings
+
+
+def _format_errors(exc: Exception) -> str:
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return str(exc)
+    lines = []
+    for err in errors():
+        field = ".".join(str(part) for part in err.get("loc", ())) or "(config)"
+        lines.append(f"{field}: {err.get('msg')}")
+    return "; ".join(lines)
+
+
+def load_settings(config_path: Path | str | None = None, **overrides: Any) -> Settings:
+    """Read the YAML file (``--config`` or ``REGISTRY_CONSUMER_CONFIG``), apply the environment, validate.
+
+    Raises :class:`ConfigError` naming the offending field.
+    """
+    path = config_path or os.environ.get(CONFIG_ENV)
+    data: dict[str, Any] = {}
+    if path:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path}: top level must be a mapping")
+        data = loaded or {}
+    data.update(overrides)
+    try:
+        return Settings(**data)
+    except Exception as exc:  # pydantic's ValidationError, or a bad env value
+        raise ConfigError(f"invalid configuration: {_format_errors(exc)}") from exc

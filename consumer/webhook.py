@@ -1,0 +1,90 @@
+"""``POST /v1/events``: the registry's notification endpoint.
+
+Answers: 401/403 for authentication only, 413 above ``max_body_bytes``, 503 only when Redis cannot
+be reached (so the registry redelivers), and 200 for everything else, bad content included: the
+registry retries any other answer forever and blocks every later event behind it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from consumer.appkeys import DEAD_LETTERS, HOOKS, INDEX, METRICS
+from consumer.auth import SCOPE_EVENTS_WRITE, require_scope
+from consumer.envelope import ChangeKind, RegistryEvent, classify
+
+log = logging.getLogger(__name__)
+routes = web.RouteTableDef()
+
+
+def _validation_reason(exc: Exception) -> str:
+    if not isinstance(exc, ValidationError):
+        return f"invalid event: {exc}"
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first.get("loc", ())) or "event"
+    return f"invalid event: {where}: {first.get('msg')}"
+
+
+def _events_of(body: bytes) -> tuple[list[Any] | None, str]:
+    """The raw events of an envelope, or None and why the envelope is unusable."""
+    try:
+        envelope = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return None, f"malformed JSON: {exc}"
+    if not isinstance(envelope, dict):
+        return None, "envelope is not a JSON object"
+    events = envelope.get("events")
+    if not isinstance(events, list) or not events:
+        return None, "envelope has no events"
+    return events, ""
+
+
+@routes.post("/v1/events")
+async def receive_events(request: web.Request) -> web.Response:
+    """Apply each event of the envelope to the index; see the module docstring for the answers."""
+    await require_scope(request, SCOPE_EVENTS_WRITE)
+    body = await request.read()
+    app = request.app
+    metrics, index, dead_letters, hooks = app[METRICS], app[INDEX], app[DEAD_LETTERS], app[HOOKS]
+    events, reason = _events_of(body)
+    if events is None:
+        await dead_letters.add(reason, body)
+        metrics.events.labels("unknown", "dead_lettered").inc()
+        log.warning("envelope dead-lettered", extra={"reason": reason})
+        return web.json_response({"accepted": 0, "dead_lettered": 1})
+    counts = {"applied": 0, "duplicate": 0, "ignored": 0, "dead_lettered": 0}
+    for raw in events:
+        try:
+            change = classify(RegistryEvent.model_validate(raw))
+        except (ValidationError, ValueError, TypeError) as exc:
+            # Anything unusable lands in the dead-letter stream: a 4xx or 5xx here would wedge the registry.
+            reason = _validation_reason(exc)
+            await dead_letters.add(reason, json.dumps(raw, default=str))
+            action = raw.get("action") if isinstance(raw, dict) else None
+            label = action if action in ("push", "pull", "delete", "mount") else "unknown"
+            metrics.events.labels(label, "dead_lettered").inc()
+            counts["dead_lettered"] += 1
+            log.warning("event dead-lettered", extra={"reason": reason})
+            continue
+        applied = await index.apply(change)
+        if not applied:
+            outcome = "duplicate"
+        elif change.kind is ChangeKind.IGNORED:
+            outcome = "ignored"
+        else:
+            outcome = "applied"
+            hooks.publish(change)
+        counts[outcome] += 1
+        metrics.events.labels(change.action, outcome).inc()
+        log.debug(
+            "event %s", outcome,
+            extra={"event_id": change.event_id, "action": change.action, "repository": change.repository},
+        )
+    metrics.last_event_timestamp.set(time.time())
+    return web.json_response(counts)

@@ -1,0 +1,171 @@
+"""Index semantics, and the convergence property: any delivery order with any duplicates gives the
+state that timestamp order gives."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+from dataclasses import replace
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from redis.asyncio import Redis
+
+from consumer.envelope import Change, ChangeKind, RegistryEvent, classify
+from consumer.index import TagIndex
+from consumer.rediskeys import RedisKeys
+from tests.conftest import all_scenarios, load_envelopes
+
+REPO = "team/app"
+DIGESTS = [f"sha256:{c * 64}" for c in "abcd"]
+TAGS = ["1.0", "2.0", "latest", "stable"]
+_ids = itertools.count()
+
+
+def _template(action: str, *, tag: bool, method: str = "PUT") -> dict[str, Any]:
+    """A real recorded event of the wanted shape, to vary."""
+    for scenario in all_scenarios():
+        if "3.x" in scenario:
+            continue
+        for envelope in load_envelopes(scenario):
+            event = envelope["body"]["events"][0]
+            target = event["target"]
+            is_blob = target.get("mediaType") == "application/octet-stream"
+            if (event["action"] == action and bool(target.get("tag")) == tag and not is_blob
+                    and event["request"]["method"] == method):
+                return event
+    raise LookupError((action, tag, method))
+
+
+TEMPLATES = {
+    ChangeKind.TAG_PUSH: _template("push", tag=True),
+    ChangeKind.MANIFEST_PUSH: _template("push", tag=False),
+    ChangeKind.TAG_DELETE: _template("delete", tag=True, method="DELETE"),
+    ChangeKind.DIGEST_DELETE: _template("delete", tag=False, method="DELETE"),
+    ChangeKind.PULL: _template("pull", tag=True, method="GET"),
+}
+
+
+def make_change(kind: ChangeKind, tag: str | None, digest: str | None, second: int, micro: int = 0) -> Change:
+    """Build a change the way the webhook does: from a real envelope shape, validated and classified."""
+    event = {**TEMPLATES[kind], "id": f"ev-{next(_ids)}", "timestamp": f"2026-12-04T10:00:{second:02d}.{micro:06d}Z"}
+    target = {**event["target"], "repository": REPO}
+    target.pop("tag", None)
+    target.pop("digest", None)
+    if tag is not None:
+        target["tag"] = tag
+    if digest is not None:
+        target["digest"] = digest
+    event["target"] = target
+    change = classify(RegistryEvent.model_validate(event))
+    assert change.kind is kind
+    return change
+
+
+async def snapshot(index: TagIndex) -> dict[str, Any]:
+    tags = {t.tag: (t.digest, t.pushed_at, t.last_pulled_at) for t in await index.list_tags(REPO)}
+    manifests = {}
+    for digest in DIGESTS:
+        info = await index.get_manifest(REPO, digest)
+        if info is not None:
+            manifests[digest] = (info.tags, info.pushed_at, info.last_pulled_at)
+    return {"tags": tags, "manifests": manifests}
+
+
+def new_index(redis: Redis, prefix: str) -> TagIndex:
+    return TagIndex(redis, RedisKeys(prefix), dedup_ttl_seconds=3600, tombstone_ttl_seconds=3600)
+
+
+async def apply_all(index: TagIndex, changes: list[Change]) -> None:
+    for change in changes:
+        await index.apply(change)
+
+
+async def test_tag_push_then_move_updates_both_digests(redis_client) -> None:
+    index = new_index(redis_client, "t1")
+    await apply_all(index, [make_change(ChangeKind.TAG_PUSH, "latest", DIGESTS[0], 1),
+                            make_change(ChangeKind.TAG_PUSH, "latest", DIGESTS[1], 2)])
+    assert (await index.get_manifest(REPO, DIGESTS[0])).tags == []  # type: ignore[union-attr]
+    assert (await index.get_manifest(REPO, DIGESTS[1])).tags == ["latest"]  # type: ignore[union-attr]
+
+
+async def test_stale_delete_does_not_remove_a_newer_push(redis_client) -> None:
+    index = new_index(redis_client, "t2")
+    # Delivered out of order: the push (t=5) came after the delete (t=3) in time, but arrives first.
+    await apply_all(index, [make_change(ChangeKind.TAG_PUSH, "1.0", DIGESTS[0], 5),
+                            make_change(ChangeKind.TAG_DELETE, "1.0", None, 3),
+                            make_change(ChangeKind.DIGEST_DELETE, None, DIGESTS[0], 4)])
+    assert [t.tag for t in await index.list_tags(REPO)] == ["1.0"]
+
+
+async def test_delete_arriving_before_its_push_wins(redis_client) -> None:
+    index = new_index(redis_client, "t3")
+    await apply_all(index, [make_change(ChangeKind.DIGEST_DELETE, None, DIGESTS[0], 9),
+                            make_change(ChangeKind.TAG_PUSH, "1.0", DIGESTS[0], 5),
+                            make_change(ChangeKind.TAG_PUSH, "2.0", DIGESTS[0], 10)])
+    assert [t.tag for t in await index.list_tags(REPO)] == ["2.0"]  # pushed after the delete: back alive
+    assert (await index.get_manifest(REPO, DIGESTS[0])).tags == ["2.0"]  # type: ignore[union-attr]
+
+
+async def test_dedup_marker_and_change_are_one(redis_client) -> None:
+    index = new_index(redis_client, "t4")
+    change = make_change(ChangeKind.TAG_PUSH, "1.0", DIGESTS[0], 1)
+    assert await index.apply(change) is True
+    assert await index.apply(change) is False
+    marker = RedisKeys("t4").repo(REPO).event(change.event_id)
+    assert 3590 < await redis_client.ttl(marker) <= 3600
+
+
+async def test_tombstones_are_forgotten_after_their_ttl(redis_client) -> None:
+    index = TagIndex(redis_client, RedisKeys("t5"), dedup_ttl_seconds=60, tombstone_ttl_seconds=-10)
+    await apply_all(index, [make_change(ChangeKind.TAG_PUSH, "1.0", DIGESTS[0], 1),
+                            make_change(ChangeKind.TAG_DELETE, "1.0", None, 2)])
+    keys = RedisKeys("t5").repo(REPO)
+    await index.apply(make_change(ChangeKind.MANIFEST_PUSH, None, DIGESTS[1], 3))  # any script sweeps
+    assert await redis_client.hexists(keys.tag_records, "1.0") == 0
+
+
+EVENT = st.one_of(
+    st.tuples(st.just(ChangeKind.TAG_PUSH), st.sampled_from(TAGS), st.sampled_from(DIGESTS)),
+    st.tuples(st.just(ChangeKind.MANIFEST_PUSH), st.none(), st.sampled_from(DIGESTS)),
+    st.tuples(st.just(ChangeKind.TAG_DELETE), st.sampled_from(TAGS), st.none()),
+    st.tuples(st.just(ChangeKind.DIGEST_DELETE), st.none(), st.sampled_from(DIGESTS)),
+    st.tuples(st.just(ChangeKind.PULL), st.sampled_from(TAGS), st.sampled_from(DIGESTS)),
+)
+_run = itertools.count()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    specs=st.lists(st.tuples(EVENT, st.integers(0, 20)), min_size=1, max_size=24),
+    seed=st.integers(0, 2**32),
+    duplicates=st.integers(0, 6),
+)
+def test_any_order_with_duplicates_converges_to_timestamp_order(redis_url: str, specs, seed, duplicates) -> None:
+    # Small clock domain on purpose: equal timestamps exercise the tie-breaks.
+    changes = [make_change(kind, tag, digest, second) for (kind, tag, digest), second in specs]
+    rng = random.Random(seed)
+    shuffled = changes + [rng.choice(changes) for _ in range(duplicates)]
+    rng.shuffle(shuffled)
+    in_time_order = sorted(changes, key=lambda c: c.timestamp_us)
+    run = next(_run)
+
+    async def go() -> tuple[dict[str, Any], dict[str, Any]]:
+        async with Redis.from_url(redis_url) as redis:
+            reference = new_index(redis, f"ref{run}")
+            candidate = new_index(redis, f"cand{run}")
+            await apply_all(reference, in_time_order)
+            await apply_all(candidate, shuffled)
+            return await snapshot(reference), await snapshot(candidate)
+
+    expected, actual = asyncio.run(go())
+    assert actual == expected
+
+
+def test_timestamps_keep_microseconds_exactly() -> None:
+    change = make_change(ChangeKind.TAG_PUSH, "1.0", DIGESTS[0], 7, 123456)
+    assert change.timestamp_us % 1_000_000 == 123456
+    later = replace(change, timestamp_us=change.timestamp_us + 1)
+    assert later.timestamp_us > change.timestamp_us
