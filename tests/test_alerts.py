@@ -7,7 +7,6 @@ fires (or never fires) must make the unit tests fail.
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,34 +15,11 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.support.metric_catalogue import metric_names_in, series_names
+
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "config" / "prometheus" / "alerts.yml"
 UNIT_TESTS = ROOT / "tests" / "prometheus" / "alerts_test.yml"
-CONSUMER_METRIC_PREFIX = "registry_consumer_"
-# Metric names in an expression: registry_* identifiers, and `up` used as a selector.
-METRIC_NAME = re.compile(r"\b(registry_[a-z_]+|up(?=\{))")
-
-# The metric catalogue (README); alerts may only use these, the registry's own and `up`.
-KNOWN_METRICS = {
-    "up",
-    "registry_notifications_pending_total",
-    "registry_notifications_events_total",
-    *(
-        CONSUMER_METRIC_PREFIX + name
-        for name in (
-            "events_total",
-            "webhook_requests_total",
-            "redis_errors_total",
-            "ready",
-            "latest_stale_repositories",
-            "retention_deletions_total",
-            "retention_oldest_pending_age_seconds",
-            "unexpected_deletions_total",
-            "reconcile_drift_total",
-            "reconcile_runs_total",
-        )
-    ),
-}
 
 
 def promtool() -> str:
@@ -108,9 +84,9 @@ def test_every_alert_is_annotated_and_has_a_known_severity() -> None:
 
 def test_alerts_only_use_catalogued_metrics() -> None:
     for rule in alert_rules(load_rules()):
-        used = set(METRIC_NAME.findall(rule["expr"]))
+        used = metric_names_in(rule["expr"])
         assert used, f"{rule['alert']}: no metric found in {rule['expr']!r}"
-        assert used <= KNOWN_METRICS, f"{rule['alert']} uses uncatalogued {used - KNOWN_METRICS}"
+        assert used <= series_names(), f"{rule['alert']} uses uncatalogued {used - series_names()}"
 
 
 def mutated_rules(tmp_path: Path, alert: str, expr: str, keep_firing: bool) -> Path:
