@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from tests.support.registry import (
     BasicCredentials,
     HtpasswdAuth,
     NotificationEndpoint,
+    RegistryFleet,
     RegistryServer,
     TokenIssuer,
     bearer_headers,
@@ -33,25 +34,9 @@ EVENTS_V1 = "application/vnd.docker.distribution.events.v1+json"
 
 
 @pytest.fixture
-def registry_factory(tmp_path: Path) -> Iterator[Callable[..., RegistryServer]]:
-    """Start registries on tmp storage; every one is stopped (by pid) at teardown."""
-    started: list[RegistryServer] = []
-
-    def make(**kwargs: Any) -> RegistryServer:
-        server = RegistryServer(tmp_path / f"registry-{len(started)}", **kwargs)
-        started.append(server)
-        server.start()
-        return server
-
-    yield make
-    for server in started:
-        server.stop()
-
-
-@pytest.fixture
-def registry(registry_factory: Callable[..., RegistryServer]) -> RegistryServer:
+def registry(registries: RegistryFleet) -> RegistryServer:
     """A registry without auth or notifications."""
-    return registry_factory()
+    return registries.start()
 
 
 @dataclass
@@ -94,9 +79,7 @@ async def receiver() -> AsyncIterator[EventReceiver]:
     await runner.cleanup()
 
 
-async def test_single_arch_oci_push_is_what_the_registry_reports(
-    registry: RegistryServer, tmp_path: Path
-) -> None:
+async def test_single_arch_oci_push_is_what_the_registry_reports(registry: RegistryServer, tmp_path: Path) -> None:
     image = oci.write_image(tmp_path / "layout", "a")
 
     pushed = await skopeo.push(image, registry, "myapp1", "1.0")
@@ -118,9 +101,7 @@ async def test_each_written_image_has_new_digests(tmp_path: Path) -> None:
     assert oci.read_ref(tmp_path / "layout", "x").digest == second.digest
 
 
-async def test_multi_arch_index_push_keeps_index_and_children(
-    registry: RegistryServer, tmp_path: Path
-) -> None:
+async def test_multi_arch_index_push_keeps_index_and_children(registry: RegistryServer, tmp_path: Path) -> None:
     index = oci.write_index(tmp_path / "layout", "multi")
 
     pushed = await skopeo.push(index, registry, "team/myapp2", "3.0")
@@ -191,9 +172,7 @@ async def test_delete_by_digest_removes_every_tag_on_it(registry: RegistryServer
     assert await registry.snapshot() == {"myapp1": {"1.0": kept.digest}}
 
 
-async def test_a_repository_without_tags_stays_in_the_catalog(
-    registry: RegistryServer, tmp_path: Path
-) -> None:
+async def test_a_repository_without_tags_stays_in_the_catalog(registry: RegistryServer, tmp_path: Path) -> None:
     """2.8.2: deleting the last tagged digest leaves the name in _catalog with tags: null."""
     image = oci.write_image(tmp_path / "layout", "only")
     await skopeo.push(image, registry, "lonely", "1.0")
@@ -236,29 +215,25 @@ async def test_restart_keeps_storage_and_ports(registry: RegistryServer, tmp_pat
     assert await registry.snapshot() == {"myapp1": {"1.0": image.digest}}
 
 
-async def test_htpasswd_auth(registry_factory: Callable[..., RegistryServer], tmp_path: Path) -> None:
+async def test_htpasswd_auth(registries: RegistryFleet, tmp_path: Path) -> None:
     user = BasicCredentials("ci-bot", "s3cret-pw")
-    registry = registry_factory(auth=HtpasswdAuth([user]))
+    registry = registries.start(auth=HtpasswdAuth([user]))
     image = oci.write_image(tmp_path / "layout", "a")
 
     with pytest.raises(skopeo.SkopeoError, match=r"unauthorized|authentication required"):
         await skopeo.push(image, registry, "myapp1", "1.0")
     with pytest.raises(skopeo.SkopeoError):
-        await skopeo.push(
-            image, registry, "myapp1", "1.0", auth=skopeo.Auth(creds=BasicCredentials("ci-bot", "no"))
-        )
+        await skopeo.push(image, registry, "myapp1", "1.0", auth=skopeo.Auth(creds=BasicCredentials("ci-bot", "no")))
     await skopeo.push(image, registry, "myapp1", "1.0", auth=skopeo.Auth(creds=user))
 
     assert await registry.snapshot() == {"myapp1": {"1.0": image.digest}}
 
 
 @pytest.mark.parametrize("algorithm", ["ES256", "RS256"])
-async def test_token_auth_with_libtrust_kid(
-    registry_factory: Callable[..., RegistryServer], tmp_path: Path, algorithm: str
-) -> None:
+async def test_token_auth_with_libtrust_kid(registries: RegistryFleet, tmp_path: Path, algorithm: str) -> None:
     issuer = TokenIssuer(tmp_path / "keys", algorithm=algorithm)  # type: ignore[arg-type]
     stranger = TokenIssuer(tmp_path / "other-keys", issuer=issuer.issuer, service=issuer.service)
-    registry = registry_factory(auth=issuer.auth(), token_issuer=issuer)
+    registry = registries.start(auth=issuer.auth(), token_issuer=issuer)
     image = oci.write_image(tmp_path / "layout", "a")
     access = [repository_access("myapp1", ["pull", "push"])]
 
@@ -280,11 +255,9 @@ async def test_token_auth_with_libtrust_kid(
 
 
 async def test_notifications_reach_the_endpoint(
-    registry_factory: Callable[..., RegistryServer], receiver: EventReceiver, tmp_path: Path
+    registries: RegistryFleet, receiver: EventReceiver, tmp_path: Path
 ) -> None:
-    registry = registry_factory(
-        notifications=[NotificationEndpoint(receiver.url, headers=bearer_headers("tok-123"))]
-    )
+    registry = registries.start(notifications=[NotificationEndpoint(receiver.url, headers=bearer_headers("tok-123"))])
     index = oci.write_index(tmp_path / "layout", "multi")
 
     await skopeo.push(index, registry, "team/myapp2", "3.0")
@@ -294,9 +267,7 @@ async def test_notifications_reach_the_endpoint(
     assert {h["Authorization"] for h in headers} == {"Bearer tok-123"}
     assert {h["Content-Type"] for h in headers} == {EVENTS_V1}
     manifest_pushes = [
-        e
-        for e in receiver.events()
-        if e["action"] == "push" and e["target"]["mediaType"] != "application/octet-stream"
+        e for e in receiver.events() if e["action"] == "push" and e["target"]["mediaType"] != "application/octet-stream"
     ]
     by_digest = {e["target"]["digest"]: e for e in manifest_pushes}
     assert set(by_digest) == {index.digest, *index.children}

@@ -343,9 +343,7 @@ class RegistryServer:
         if self._process is not None and self._process.running:
             raise RuntimeError(f"registry already running (pid {self._process.pid})")
         self._write_config()
-        self._process = ManagedProcess(
-            "docker-registry", [REGISTRY_BIN, "serve", str(self.config_path)], self.log_path
-        )
+        self._process = ManagedProcess("docker-registry", [REGISTRY_BIN, "serve", str(self.config_path)], self.log_path)
         self._process.start()
         self._wait_ready(timeout_seconds)
 
@@ -576,6 +574,32 @@ class RegistryServer:
                 return
             await asyncio.sleep(0.05)
         raise TimeoutError(f"registry notifications not delivered within {timeout_seconds}s: {metrics}")
+
+
+class RegistryFleet:
+    """Starts registries in numbered folders under ``root`` and stops every one of them (by pid)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.started: list[RegistryServer] = []
+
+    def start(self, **kwargs: Any) -> RegistryServer:
+        """A started ``RegistryServer`` with the given keyword arguments."""
+        server = RegistryServer(self.root / f"registry-{len(self.started)}", **kwargs)
+        self.started.append(server)
+        server.start()
+        return server
+
+    def stop_all(self) -> None:
+        """Stop every registry this fleet started."""
+        for server in self.started:
+            server.stop()
+
+    def __enter__(self) -> RegistryFleet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_all()
 
 
 def _json(body: bytes) -> dict[str, Any]:
