@@ -32,11 +32,11 @@ system-deps:
 	fi
 
 lint: venv
-	$(BIN)/ruff check consumer tests bench scripts
+	$(BIN)/ruff check consumer tests $(wildcard bench scripts)
 	$(BIN)/mypy consumer
 
 test: venv system-deps
-	$(BIN)/ruff check consumer tests bench scripts
+	$(BIN)/ruff check consumer tests $(wildcard bench scripts)
 	$(BIN)/mypy consumer
 	$(BIN)/pytest -q -rs tests
 
