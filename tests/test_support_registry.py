@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,17 +38,31 @@ def registry(registries: RegistryFleet) -> RegistryServer:
     return registries.start()
 
 
-@dataclass
 class EventReceiver:
-    """A bare notification endpoint that records what the registry posts."""
+    """A bare notification endpoint on a fixed loopback port that records what the registry posts."""
 
-    url: str
-    requests: list[tuple[dict[str, str], dict[str, Any]]] = field(default_factory=list)
-    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://{LOOPBACK}:{self.port}/events"
+        self.requests: list[tuple[dict[str, str], dict[str, Any]]] = []
+        self._arrived = asyncio.Event()
+        self._runner: web.AppRunner | None = None
 
-    def record(self, headers: dict[str, str], envelope: dict[str, Any]) -> None:
-        self.requests.append((headers, envelope))
-        self.arrived.set()
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/events", self._handle)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, LOOPBACK, self.port).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        self.requests.append((dict(request.headers), json.loads(await request.read())))
+        self._arrived.set()
+        return web.Response()
 
     def events(self) -> list[dict[str, Any]]:
         return [event for _, envelope in self.requests for event in envelope["events"]]
@@ -57,26 +70,16 @@ class EventReceiver:
     async def wait_for(self, predicate: Callable[[list[dict[str, Any]]], bool], seconds: float = 20) -> None:
         async with asyncio.timeout(seconds):
             while not predicate(self.events()):
-                self.arrived.clear()
-                await self.arrived.wait()
+                self._arrived.clear()
+                await self._arrived.wait()
 
 
 @pytest.fixture
 async def receiver() -> AsyncIterator[EventReceiver]:
-    port = free_port()
-    rec = EventReceiver(url=f"http://{LOOPBACK}:{port}/events")
-
-    async def handle(request: web.Request) -> web.Response:
-        rec.record(dict(request.headers), json.loads(await request.read()))
-        return web.Response()
-
-    app = web.Application()
-    app.router.add_post("/events", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, LOOPBACK, port).start()
+    rec = EventReceiver()
+    await rec.start()
     yield rec
-    await runner.cleanup()
+    await rec.stop()
 
 
 async def test_single_arch_oci_push_is_what_the_registry_reports(registry: RegistryServer, tmp_path: Path) -> None:
@@ -280,3 +283,39 @@ async def test_notifications_reach_the_endpoint(
     await registry.wait_notifications_delivered()
     delivered = (await registry.notification_metrics())["consumer"]
     assert delivered["Successes"] == delivered["Events"] == len(receiver.requests)
+
+
+async def test_registry_28_counts_deliveries_in_expvar_not_prometheus(
+    registries: RegistryFleet, receiver: EventReceiver, tmp_path: Path
+) -> None:
+    """2.8.2 has no registry_notifications_* Prometheus series; /debug/vars has the counters."""
+    registry = registries.start(notifications=[NotificationEndpoint(receiver.url)])
+    await skopeo.push(oci.write_image(tmp_path / "layout", "a"), registry, "myapp1", "1.0")
+    await registry.wait_notifications_delivered()
+
+    metrics = await registry.metrics_text()
+    assert "registry_http_requests_total" in metrics
+    assert "registry_notifications" not in metrics
+    counters = (await registry.notification_metrics())["consumer"]
+    assert counters["Successes"] == counters["Events"] == len(receiver.requests) == 3
+
+
+async def test_restart_drops_undelivered_notifications(registries: RegistryFleet, tmp_path: Path) -> None:
+    """The queue is in memory: events pending at a restart are never sent (reconcile after restarts)."""
+    late = EventReceiver()  # not listening yet: every delivery fails and stays queued
+    registry = registries.start(notifications=[NotificationEndpoint(late.url)])
+    layout = tmp_path / "layout"
+    await skopeo.push(oci.write_image(layout, "lost"), registry, "myapp1", "lost")
+    await registry.wait_notifications(lambda metrics: metrics["consumer"]["Pending"] == 3)
+
+    registry.restart()
+    await late.start()
+    try:
+        await skopeo.push(oci.write_image(layout, "kept"), registry, "myapp1", "kept")
+        await registry.wait_notifications_delivered()
+    finally:
+        await late.stop()
+
+    # FIFO per endpoint: had the old events survived, they would have arrived before these.
+    assert [e["target"].get("tag") for e in late.events()] == [None, None, "kept"]
+    assert await registry.tags("myapp1") == ["kept", "lost"]

@@ -24,7 +24,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -561,19 +561,28 @@ class RegistryServer:
         endpoints = doc["registry"]["notifications"]["endpoints"] or []
         return {ep["name"]: ep["Metrics"] for ep in endpoints}
 
+    async def wait_notifications(
+        self, predicate: Callable[[dict[str, dict[str, Any]]], bool], timeout_seconds: float = 30.0
+    ) -> dict[str, dict[str, Any]]:
+        """Poll ``notification_metrics`` until ``predicate`` holds; return the counters that satisfied it."""
+        deadline = time.monotonic() + timeout_seconds
+        metrics: dict[str, dict[str, Any]] = {}
+        while time.monotonic() < deadline:
+            metrics = await self.notification_metrics()
+            if predicate(metrics):
+                return metrics
+            await asyncio.sleep(0.05)
+        raise TimeoutError(f"registry notification counters not as expected within {timeout_seconds}s: {metrics}")
+
     async def wait_notifications_delivered(self, timeout_seconds: float = 30.0) -> None:
         """Wait until every endpoint has no pending event and each queued event was delivered.
 
         A helper for ordering, not a proof: the events' effect is asserted on the receiver.
         """
-        deadline = time.monotonic() + timeout_seconds
-        metrics: dict[str, dict[str, Any]] = {}
-        while time.monotonic() < deadline:
-            metrics = await self.notification_metrics()
-            if all(m["Pending"] == 0 and m["Successes"] >= m["Events"] for m in metrics.values()):
-                return
-            await asyncio.sleep(0.05)
-        raise TimeoutError(f"registry notifications not delivered within {timeout_seconds}s: {metrics}")
+        await self.wait_notifications(
+            lambda metrics: all(m["Pending"] == 0 and m["Successes"] >= m["Events"] for m in metrics.values()),
+            timeout_seconds,
+        )
 
 
 class RegistryFleet:
