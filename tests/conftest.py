@@ -25,8 +25,8 @@ from tests.support.registry import RegistryFleet
 
 JWT_SECRET = "test-secret-0123456789-abcdefghijklmnopqrstuvwxyz"
 ALL_SCOPES = "events:write index:read tokens:admin tokens:introspect"
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-EVENTS_DIR = SHARED / "registry-events"
+# Envelopes recorded from a real registry 2.8.2 (plus the derived 3.x shapes), copied from shared/.
+EVENTS_DIR = Path(__file__).resolve().parent / "fixtures" / "registry-events"
 
 
 @pytest.hookimpl(hookwrapper=True)
