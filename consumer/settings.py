@@ -15,9 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from consumer.errors import ConfigError
+from consumer.policy import Policy, check_unique_globs, describe_policy
 
 ENV_PREFIX = "REGISTRY_CONSUMER_"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
+# A contract name with a single "_" (the nested delimiter is "__"), so load_settings maps it by hand.
+REGISTRY_URL_ENV = ENV_PREFIX + "REGISTRY_URL"
 DAY_SECONDS = 86_400
 
 
@@ -32,6 +35,65 @@ class AuthSettings(_Section):
     audience: str = "registry-consumer"
     leeway_seconds: int = Field(default=30, ge=0, le=60)
     max_token_bytes: int = Field(default=8192, ge=512, le=65_536)
+
+
+class RegistrySettings(_Section):
+    """The registry the consumer reads and changes (latest fixes, retention deletes, reconciliation).
+
+    Only this URL is ever contacted: URLs inside events are never followed. Credentials: ``username``
+    with ``password`` or ``password_file``; they are sent as Basic auth, or exchanged for a bearer token
+    when the registry's challenge asks for one (token auth).
+    """
+
+    url: str
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    max_concurrency: int = Field(default=8, ge=1, le=256)
+    retries: int = Field(default=3, ge=0, le=10)
+    backoff_seconds: float = Field(default=0.2, gt=0, le=30)
+    backoff_max_seconds: float = Field(default=5.0, gt=0, le=300)
+    user_agent: str = Field(default="registry-consumer", pattern=r"^[\x21-\x7e][\x20-\x7e]{0,127}$")
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")) or len(value.split("://", 1)[1].strip("/")) == 0:
+            raise ValueError("must be an http:// or https:// URL, e.g. http://127.0.0.1:5000")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _check_credentials(self) -> RegistrySettings:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("set password or password_file, not both")
+        if (self.password is not None or self.password_file is not None) and not self.username:
+            raise ValueError("username is required with a password")
+        return self
+
+    def password_text(self) -> str | None:
+        """The registry password, from the config, the environment or a file."""
+        if self.password is not None:
+            return self.password.get_secret_value()
+        if self.password_file is not None:
+            return self.password_file.read_text().strip()
+        return None
+
+
+class AuditSettings(_Section):
+    """Bounded retention of the audit log (global stream and per-repository streams)."""
+
+    max_entries: int = Field(default=100_000, ge=100)
+    repository_max_entries: int = Field(default=10_000, ge=10)
+    max_age_seconds: int = Field(default=90 * DAY_SECONDS, ge=3600)
+
+
+class ReconcileSettings(_Section):
+    """The periodic comparison of the index with the registry (needs ``registry:``)."""
+
+    interval_seconds: float = Field(default=3600.0, ge=0)  # 0: only on demand (CLI)
+    initial_delay_seconds: float = Field(default=60.0, ge=0)
+    head_concurrency: int = Field(default=8, ge=1, le=256)
 
 
 class Settings(BaseSettings):
@@ -62,6 +124,12 @@ class Settings(BaseSettings):
     stats_interval_seconds: float = Field(default=15.0, gt=0)
     shutdown_timeout_seconds: float = Field(default=10.0, gt=0)
 
+    registry: RegistrySettings | None = None
+    policies: tuple[Policy, ...] = ()
+    intent_ttl_seconds: int = Field(default=3600, ge=10)
+    audit: AuditSettings = AuditSettings()
+    reconcile: ReconcileSettings = ReconcileSettings()
+
     @field_validator("listen")
     @classmethod
     def _check_listen(cls, value: str) -> str:
@@ -69,6 +137,12 @@ class Settings(BaseSettings):
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError("must be host:port, e.g. 127.0.0.1:8080")
         return value
+
+    @field_validator("policies")
+    @classmethod
+    def _check_policies(cls, policies: tuple[Policy, ...]) -> tuple[Policy, ...]:
+        check_unique_globs(policies)
+        return policies
 
     @model_validator(mode="after")
     def _check_secret_sources(self) -> Settings:
@@ -105,13 +179,32 @@ class Settings(BaseSettings):
         return env_settings, init_settings, file_secret_settings
 
 
-def _format_errors(exc: Exception) -> str:
+def _policy_field(loc: tuple[Any, ...], data: dict[str, Any]) -> str:
+    """``policies[1] (team/*): retention.keep[0].last_pushed`` for a location inside ``policies``."""
+    raw = data.get("policies")
+    index = loc[1]
+    head = describe_policy(index, raw[index] if isinstance(raw, list) and index < len(raw) else None)
+    rest = ""
+    previous: Any = None
+    for part in loc[2:]:
+        if part == previous:  # a tagged union repeats its tag (keep rules): say it once
+            continue
+        rest += f"[{part}]" if isinstance(part, int) else f"{'.' if rest else ''}{part}"
+        previous = part
+    return f"{head}: {rest}" if rest else head
+
+
+def _format_errors(exc: Exception, data: dict[str, Any] | None = None) -> str:
     errors = getattr(exc, "errors", None)
     if not callable(errors):
         return str(exc)
     lines = []
     for err in errors():
-        field = ".".join(str(part) for part in err.get("loc", ())) or "(config)"
+        loc = tuple(err.get("loc", ()))
+        if len(loc) > 1 and loc[0] == "policies" and isinstance(loc[1], int):
+            field = _policy_field(loc, data or {})
+        else:
+            field = ".".join(str(part) for part in loc) or "(config)"
         lines.append(f"{field}: {err.get('msg')}")
     return "; ".join(lines)
 
@@ -132,7 +225,11 @@ def load_settings(config_path: Path | str | None = None, **overrides: Any) -> Se
             raise ConfigError(f"config file {path}: top level must be a mapping")
         data = loaded or {}
     data.update(overrides)
+    registry_url = os.environ.get(REGISTRY_URL_ENV)
+    if registry_url:
+        section = data.get("registry")
+        data["registry"] = {**(section if isinstance(section, dict) else {}), "url": registry_url}
     try:
         return Settings(**data)
     except Exception as exc:  # pydantic's ValidationError, or a bad env value
-        raise ConfigError(f"invalid configuration: {_format_errors(exc)}") from exc
+        raise ConfigError(f"invalid configuration: {_format_errors(exc, data)}") from exc
