@@ -50,6 +50,36 @@ class RepoKeys:
         """ZSET ``t:<tag>`` / ``m:<digest>`` -> unix time after which a dead record may be forgotten."""
         return f"{self.base}:tombstones"
 
+    @property
+    def versions(self) -> str:
+        """ZSET (all scores 0) of ``"<Version.sort_key> <tag>"``: live version tags in SemVer order."""
+        return f"{self.base}:versions"
+
+    @property
+    def parents(self) -> str:
+        """ZSET (all scores 0) of ``"<child> <index>"``: which index manifests list a manifest (retention)."""
+        return f"{self.base}:parents"
+
+    @property
+    def untagged_since(self) -> str:
+        """ZSET digest -> unix microseconds since which a live manifest has had no tag (retention)."""
+        return f"{self.base}:untagged_since"
+
+    @property
+    def subjects(self) -> str:
+        """HASH digest -> the digest its ``subject`` names ('' for none), learned before deleting (retention)."""
+        return f"{self.base}:subjects"
+
+    @property
+    def retention_dry_run(self) -> str:
+        """HASH ``t:<tag>``/``m:<digest>`` -> digest: deletions a dry-run policy has planned and counted."""
+        return f"{self.base}:retention_dry_run"
+
+    @property
+    def retention_claims(self) -> str:
+        """ZSET ``t:<tag>``/``m:<digest>`` -> unix expiry: deletions queued and not finished (no duplicates)."""
+        return f"{self.base}:retention_claims"
+
     def index_keys(self, event_id: str) -> list[str]:
         """The KEYS list shared by every index script, in the order their header comments give."""
         return [
@@ -81,3 +111,18 @@ class RedisKeys:
     def dead_letters(self) -> str:
         """Capped STREAM of envelopes or events that could not be used, each with its reason."""
         return f"{self.prefix}:dead_letters"
+
+    @property
+    def retention_queue(self) -> str:
+        """STREAM of planned deletions, read by the deleters' consumer group."""
+        return f"{self.prefix}:retention:queue"
+
+    @property
+    def retention_rate(self) -> str:
+        """STRING: the deletion rate limiter's theoretical arrival time (GCRA), in milliseconds."""
+        return f"{self.prefix}:retention:rate"
+
+    @property
+    def retention_sweep_lock(self) -> str:
+        """STRING with a TTL: held by the one process running the periodic retention sweep."""
+        return f"{self.prefix}:retention:sweep_lock"
