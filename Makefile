@@ -48,3 +48,19 @@ demo: venv system-deps
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# Secret files for docker-compose.yml, in ./secrets (git-ignored): the consumer's HS256 secret, the registry's
+# notification token minted with it, Grafana's admin password. Existing files are kept; delete one to
+# regenerate it. The directory is private; the files are world-readable because compose bind-mounts them
+# unchanged and the consumer container runs as uid 10001.
+.PHONY: secrets
+secrets: venv
+	@mkdir -p secrets && chmod 700 secrets
+	@test -s secrets/consumer_jwt_secret || $(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(48))' > secrets/consumer_jwt_secret
+	@test -s secrets/grafana_admin_password || $(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(18))' > secrets/grafana_admin_password
+	@test -s secrets/registry_notify_token || { env -u REGISTRY_CONSUMER_JWT_SECRET -u REGISTRY_CONSUMER_CONFIG \
+	  REGISTRY_CONSUMER_JWT_SECRET_FILE=secrets/consumer_jwt_secret $(BIN)/registry-consumer \
+	  --config config/consumer.compose.yaml token mint --sub registry --scope events:write --ttl 365d \
+	  > secrets/registry_notify_token.tmp && mv secrets/registry_notify_token.tmp secrets/registry_notify_token; }
+	@chmod 644 secrets/consumer_jwt_secret secrets/grafana_admin_password secrets/registry_notify_token
+	@echo "secrets ready in ./secrets (docker compose up -d)"
