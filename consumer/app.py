@@ -45,6 +45,8 @@ def _error_response(exc: ConsumerError) -> web.Response:
     if isinstance(exc, AuthError):
         error = "insufficient_scope" if isinstance(exc, ForbiddenError) else "invalid_token"
         response.headers["WWW-Authenticate"] = f'Bearer realm="registry-consumer", error="{error}"'
+    if exc.status == 413:
+        response.force_close()  # the unread rest of the body must not stay on a kept-alive connection
     return response
 
 

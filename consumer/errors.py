@@ -45,6 +45,13 @@ class ForbiddenError(AuthError):
     code = "insufficient_scope"
 
 
+class PayloadTooLarge(ConsumerError):
+    """A request body above the configured limit: 413, and the connection is closed."""
+
+    status = 413
+    code = "payload_too_large"
+
+
 class NotFound(ConsumerError):
     """The repository, tag or digest is not in the index."""
 

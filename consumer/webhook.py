@@ -15,9 +15,10 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from consumer.appkeys import DEAD_LETTERS, HOOKS, INDEX, METRICS
+from consumer.appkeys import DEAD_LETTERS, HOOKS, INDEX, METRICS, SETTINGS
 from consumer.auth import SCOPE_EVENTS_WRITE, require_scope
 from consumer.envelope import ChangeKind, RegistryEvent, classify
+from consumer.errors import PayloadTooLarge
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
@@ -45,12 +46,31 @@ def _events_of(body: bytes) -> tuple[list[Any] | None, str]:
     return events, ""
 
 
+async def read_body(request: web.Request, max_bytes: int) -> bytes:
+    """The body, or :class:`PayloadTooLarge` as soon as it is known to exceed ``max_bytes``.
+
+    Checked here rather than left to aiohttp's ``client_max_size`` so that the answer can close the
+    connection instead of leaving the unread rest of a huge body on it.
+    """
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise PayloadTooLarge(f"body of {request.content_length} bytes exceeds {max_bytes}")
+    body = await request.content.read(max_bytes + 1)
+    while len(body) <= max_bytes and not request.content.at_eof():
+        chunk = await request.content.read(max_bytes + 1 - len(body))
+        if not chunk:
+            break
+        body += chunk
+    if len(body) > max_bytes:
+        raise PayloadTooLarge(f"body exceeds {max_bytes} bytes")
+    return body
+
+
 @routes.post("/v1/events")
 async def receive_events(request: web.Request) -> web.Response:
     """Apply each event of the envelope to the index; see the module docstring for the answers."""
     await require_scope(request, SCOPE_EVENTS_WRITE)
-    body = await request.read()
     app = request.app
+    body = await read_body(request, app[SETTINGS].max_body_bytes)
     metrics, index, dead_letters, hooks = app[METRICS], app[INDEX], app[DEAD_LETTERS], app[HOOKS]
     events, reason = _events_of(body)
     if events is None:

@@ -215,7 +215,16 @@ async def test_body_over_the_limit_is_413(aiohttp_client, make_settings, auth_he
     client = await aiohttp_client(create_app(make_settings(max_body_bytes=2048), metrics=metrics))
     resp = await post(client, auth_headers, {"events": [_event()], "pad": "x" * 4096})
     assert resp.status == 413
-    assert counter(metrics, "registry_consumer_webhook_requests_total", code="413") == 1
+
+    async def chunks() -> Any:  # no Content-Length: the limit must hold while streaming
+        for _ in range(8):
+            yield b"x" * 1024
+
+    resp = await client.post("/v1/events", data=chunks(), headers=auth_headers)
+    assert resp.status == 413
+    small = await post(client, auth_headers, {"events": [_event()]})
+    assert small.status == 200
+    assert counter(metrics, "registry_consumer_webhook_requests_total", code="413") == 2
 
 
 async def test_redis_down_is_503_and_redelivery_applies_once(aiohttp_client, make_settings, auth_headers,
