@@ -64,6 +64,7 @@ class TagInfo:
     last_pulled_at: str | None
     actor: str | None
     pushed_at_us: int
+    last_pulled_at_us: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +78,36 @@ class ManifestInfo:
     last_pulled_at: str | None
     tags: list[str]
     references: list[str]
+    pushed_at_us: int | None = None
+
+
+def _tag_info(name: str, raw: bytes | str) -> TagInfo:
+    rec = json.loads(raw)
+    return TagInfo(
+        tag=name,
+        digest=rec["d"],
+        media_type=rec.get("mt") or None,
+        size=_int(rec.get("sz")),
+        pushed_at=_iso(rec.get("ts")),
+        last_pulled_at=_iso(rec.get("pulled")),
+        actor=rec.get("actor") or None,
+        pushed_at_us=int(rec["ts"]),
+        last_pulled_at_us=_int(rec.get("pulled")),
+    )
+
+
+def _manifest_info(digest: str, raw: bytes | str, tags: list[str]) -> ManifestInfo:
+    rec = json.loads(raw)
+    return ManifestInfo(
+        digest=digest,
+        media_type=rec.get("mt") or None,
+        size=_int(rec.get("sz")),
+        pushed_at=_iso(rec.get("ts")),
+        last_pulled_at=_iso(rec.get("pulled")),
+        tags=tags,
+        references=json.loads(rec["refs"]) if rec.get("refs") else [],
+        pushed_at_us=_int(rec.get("ts")),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,24 +171,22 @@ class TagIndex:
         if not names:
             return []
         tag_raw = await self._redis.hmget(repo.tag_records, names)
-        tags = []
-        for name, raw in zip(names, tag_raw, strict=True):
-            if raw is None:
-                continue
-            rec = json.loads(raw)
-            tags.append(
-                TagInfo(
-                    tag=name,
-                    digest=rec["d"],
-                    media_type=rec.get("mt") or None,
-                    size=_int(rec.get("sz")),
-                    pushed_at=_iso(rec.get("ts")),
-                    last_pulled_at=_iso(rec.get("pulled")),
-                    actor=rec.get("actor") or None,
-                    pushed_at_us=int(rec["ts"]),
-                )
-            )
-        return tags
+        return [_tag_info(name, raw) for name, raw in zip(names, tag_raw, strict=True) if raw is not None]
+
+    async def get_tags(self, repository: str, names: list[str]) -> dict[str, TagInfo]:
+        """The live tags among ``names`` (absent names are left out); O(len(names)) whatever the repository size."""
+        if not names:
+            return {}
+        repo = self._keys.repo(repository)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zmscore(repo.tags, names)
+            pipe.hmget(repo.tag_records, names)
+            scores, tag_raw = await pipe.execute()
+        return {
+            name: _tag_info(name, raw)
+            for name, score, raw in zip(names, scores, tag_raw, strict=True)
+            if score is not None and raw is not None
+        }
 
     async def get_manifest(self, repository: str, digest: str) -> ManifestInfo | None:
         """A live manifest and its tags, or None."""
@@ -169,16 +198,28 @@ class TagIndex:
             live, raw, members = await pipe.execute()
         if live is None or raw is None:
             return None
-        rec = json.loads(raw)
-        return ManifestInfo(
-            digest=digest,
-            media_type=rec.get("mt") or None,
-            size=_int(rec.get("sz")),
-            pushed_at=_iso(rec.get("ts")),
-            last_pulled_at=_iso(rec.get("pulled")),
-            tags=sorted(text(m).split(" ", 1)[1] for m in members),
-            references=json.loads(rec["refs"]) if rec.get("refs") else [],
-        )
+        return _manifest_info(digest, raw, sorted(text(m).split(" ", 1)[1] for m in members))
+
+    async def list_manifests(self, repository: str) -> list[ManifestInfo]:
+        """Every live manifest of ``repository`` with its live tags, sorted by digest (O(manifests + tags))."""
+        repo = self._keys.repo(repository)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zrange(repo.manifests, 0, -1)
+            pipe.zrange(repo.digest_tags, 0, -1)
+            digests_raw, members = await pipe.execute()
+        digests = sorted(text(d) for d in digests_raw)
+        if not digests:
+            return []
+        tags: dict[str, list[str]] = {}
+        for member in members:
+            digest, tag = text(member).split(" ", 1)
+            tags.setdefault(digest, []).append(tag)
+        records = await self._redis.hmget(repo.manifest_records, digests)
+        return [
+            _manifest_info(digest, raw, sorted(tags.get(digest, [])))
+            for digest, raw in zip(digests, records, strict=True)
+            if raw is not None
+        ]
 
     async def stats(self, batch: int = 500) -> IndexStats:
         """Counts for the index gauges; O(repositories) ZCARDs, pipelined in batches."""

@@ -91,6 +91,22 @@ async def test_tag_push_then_move_updates_both_digests(redis_client) -> None:
     assert (await index.get_manifest(REPO, DIGESTS[1])).tags == ["latest"]  # type: ignore[union-attr]
 
 
+async def test_bulk_and_by_name_reads_agree_with_the_single_reads(redis_client) -> None:
+    index = new_index(redis_client, "t7")
+    await apply_all(index, [make_change(ChangeKind.TAG_PUSH, "1.0", DIGESTS[0], 1),
+                            make_change(ChangeKind.TAG_PUSH, "2.0", DIGESTS[0], 2),
+                            make_change(ChangeKind.MANIFEST_PUSH, None, DIGESTS[1], 3),
+                            make_change(ChangeKind.PULL, "1.0", DIGESTS[0], 4)])
+    by_name = await index.get_tags(REPO, ["2.0", "gone", "1.0"])
+    assert set(by_name) == {"1.0", "2.0"}
+    assert list(by_name.values()) == [t for t in await index.list_tags(REPO) if t.tag in by_name][::-1]
+    assert by_name["1.0"].last_pulled_at_us is not None and by_name["2.0"].last_pulled_at_us is None
+    manifests = await index.list_manifests(REPO)
+    assert manifests == [await index.get_manifest(REPO, d) for d in DIGESTS[:2]]
+    assert [m.tags for m in manifests] == [["1.0", "2.0"], []]
+    assert manifests[1].pushed_at_us is not None
+
+
 async def test_stale_delete_does_not_remove_a_newer_push(redis_client) -> None:
     index = new_index(redis_client, "t2")
     # Delivered out of order: the push (t=5) came after the delete (t=3) in time, but arrives first.
