@@ -4,7 +4,6 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= config/consumer.example.yaml
 SYSTEM_PACKAGES := docker-registry skopeo redis-server nginx-light prometheus wrk docker-compose
-export REGISTRY_CONSUMER_REDIS_URL ?= redis://127.0.0.1:6379/0
 
 .PHONY: venv run test lint typecheck system-deps bench demo clean
 
@@ -19,7 +18,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 venv: $(VENV)/.installed
 
 run: venv
-	@$(BIN)/python scripts/ensure_redis.py "$$REGISTRY_CONSUMER_REDIS_URL"
+	@$(BIN)/python scripts/ensure_redis.py "$${REGISTRY_CONSUMER_REDIS_URL:-redis://127.0.0.1:6379/0}"
 	$(BIN)/registry-consumer serve --config $(CONFIG)
 
 # Installs the Debian packages the end-to-end tests drive, when missing and when we are root.

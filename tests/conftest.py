@@ -39,6 +39,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
         report.longrepr = f"skipped tests fail the run when CI=true: {report.longrepr}"
 
 
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The developer's own REGISTRY_CONSUMER_* settings must not leak into tests (env beats config)."""
+    for name in list(os.environ):
+        if name.startswith("REGISTRY_CONSUMER_"):
+            monkeypatch.delenv(name)
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """One real redis-server for the session; tests that stop Redis start their own instead."""
