@@ -64,3 +64,40 @@ class StoreUnavailable(ConsumerError):
 
     status = 503
     code = "store_unavailable"
+
+
+class RegistryError(ConsumerError):
+    """The registry refused or failed a request of the consumer's (after retries, where retrying helps)."""
+
+    status = 502
+    code = "registry_error"
+
+    def __init__(self, detail: str, *, registry_status: int | None = None, registry_code: str | None = None) -> None:
+        super().__init__(detail)
+        self.registry_status = registry_status
+        self.registry_code = registry_code
+
+
+class RegistryUnavailable(RegistryError):
+    """The registry could not be reached, or kept answering 5xx."""
+
+    code = "registry_unavailable"
+
+
+class RegistryAuthError(RegistryError):
+    """The registry refused the consumer's credentials (401/403, or the token service did)."""
+
+    code = "registry_auth_failed"
+
+
+class TagDeleteUnsupported(RegistryError):
+    """The registry cannot delete a tag by name (distribution 2.x, or deletes disabled)."""
+
+    code = "tag_delete_unsupported"
+
+
+class RegistryNotConfigured(ConsumerError):
+    """An operation needs the ``registry:`` section, and there is none."""
+
+    status = 409
+    code = "registry_not_configured"

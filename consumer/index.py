@@ -221,6 +221,21 @@ class TagIndex:
             if raw is not None
         ]
 
+    async def last_digest(self, repository: str, tag: str) -> str | None:
+        """The digest ``tag`` points at, or pointed at when it was deleted (until its tombstone is forgotten)."""
+        raw = await self._redis.hget(self._keys.repo(repository).tag_records, tag)
+        digest = json.loads(raw).get("d") if raw is not None else None
+        return str(digest) if digest else None
+
+    async def deleted_tags(self, repository: str, digest: str) -> list[str]:
+        """The tags the newest delete of manifest ``digest`` took with it (its record keeps them as ``gone``).
+
+        Listeners run after the delete, when the live set no longer says which tags the digest had.
+        """
+        raw = await self._redis.hget(self._keys.repo(repository).manifest_records, digest)
+        gone = json.loads(raw).get("gone") if raw is not None else None
+        return sorted(str(gone).split()) if gone else []
+
     async def stats(self, batch: int = 500) -> IndexStats:
         """Counts for the index gauges; O(repositories) ZCARDs, pipelined in batches."""
         repos = 0

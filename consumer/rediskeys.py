@@ -80,6 +80,28 @@ class RepoKeys:
         """ZSET ``t:<tag>``/``m:<digest>`` -> unix expiry: deletions queued and not finished (no duplicates)."""
         return f"{self.base}:retention_claims"
 
+    def intent_tag(self, tag: str) -> str:
+        """STRING with a TTL: the consumer is about to delete this tag (its delete event is expected)."""
+        return f"{self.base}:intent:t:{tag}"
+
+    def intent_digest(self, digest: str) -> str:
+        """STRING with a TTL: the consumer is about to delete this manifest by digest."""
+        return f"{self.base}:intent:d:{digest}"
+
+    def intent_request(self, request_id: str) -> str:
+        """STRING with a TTL: how the delete events of one registry request are judged (expected/reported)."""
+        return f"{self.base}:intent:r:{request_id}"
+
+    @property
+    def audit(self) -> str:
+        """Capped STREAM of this repository's audit records (expires when the repository goes quiet)."""
+        return f"{self.base}:audit"
+
+    @property
+    def latest_state(self) -> str:
+        """HASH: the ``latest`` bookkeeping of the repository (expected tag/digest, stale, pending fix)."""
+        return f"{self.base}:latest"
+
     def index_keys(self, event_id: str) -> list[str]:
         """The KEYS list shared by every index script, in the order their header comments give."""
         return [
@@ -111,6 +133,25 @@ class RedisKeys:
     def dead_letters(self) -> str:
         """Capped STREAM of envelopes or events that could not be used, each with its reason."""
         return f"{self.prefix}:dead_letters"
+
+    @property
+    def audit(self) -> str:
+        """Capped STREAM of every audit record (all repositories), newest last."""
+        return f"{self.prefix}:audit"
+
+    def audit_kind(self, kind: str) -> str:
+        """Capped STREAM of the audit records of one kind (``unexpected_deletion``...)."""
+        return f"{self.prefix}:audit:kind:{kind}"
+
+    @property
+    def latest_stale(self) -> str:
+        """ZSET repository -> unix seconds since which its ``latest`` is stale."""
+        return f"{self.prefix}:latest:stale"
+
+    @property
+    def reconcile_lock(self) -> str:
+        """STRING with a TTL: held by the one process running a reconciliation."""
+        return f"{self.prefix}:reconcile:lock"
 
     @property
     def retention_queue(self) -> str:
