@@ -18,3 +18,11 @@ def parse_duration_seconds(text: str | int) -> int:
     if not match:
         raise ValueError(f"invalid duration {text!r}: use e.g. 90s, 30m, 24h, 30d, 2w")
     return int(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+
+def format_duration_seconds(seconds: int) -> str:
+    """The shortest exact spelling of ``seconds`` that ``parse_duration_seconds`` reads (``86400`` -> ``1d``)."""
+    for unit, size in sorted(_UNITS.items(), key=lambda item: -item[1]):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"

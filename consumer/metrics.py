@@ -31,6 +31,7 @@ AUTH_FAILURE_REASONS = (
     "revoked",
     "insufficient_scope",
 )
+RETENTION_MODES = ("dry_run", "enforced", "failed")
 
 
 def _init_labels(metric: Counter | Gauge, *label_sets: Iterable[str]) -> None:
@@ -98,5 +99,20 @@ class Metrics:
         self.last_event_timestamp = Gauge(
             f"{PREFIX}_last_event_timestamp_seconds",
             "Unix time at which the last registry event was accepted.",
+            registry=r,
+        )
+        self.retention_deletions = Counter(
+            f"{PREFIX}_retention_deletions_total",
+            "Retention deletions by mode: planned under dry_run, carried out (enforced), given up (failed).",
+            ["mode"],
+            registry=r,
+        )
+        _init_labels(self.retention_deletions, RETENTION_MODES)
+        self.retention_queue_depth = Gauge(
+            f"{PREFIX}_retention_queue_depth", "Retention deletions queued and not finished.", registry=r
+        )
+        self.retention_oldest_pending_age = Gauge(
+            f"{PREFIX}_retention_oldest_pending_age_seconds",
+            "How long the oldest queued retention deletion has waited (0 when none is queued).",
             registry=r,
         )

@@ -71,6 +71,21 @@ class RepoKeys:
         return f"{self.base}:subjects"
 
     @property
+    def retention_protected(self) -> str:
+        """ZSET tag -> push time (us): the live tags the repository's retention policy protects (not counted)."""
+        return f"{self.base}:retention_protected"
+
+    @property
+    def retention_protected_versions(self) -> str:
+        """ZSET (all scores 0) of the version index members of the protected live tags."""
+        return f"{self.base}:retention_protected_versions"
+
+    @property
+    def retention_meta(self) -> str:
+        """HASH: retention bookkeeping of the repository (``protected``: fingerprint the protected sets follow)."""
+        return f"{self.base}:retention_meta"
+
+    @property
     def retention_dry_run(self) -> str:
         """HASH ``t:<tag>``/``m:<digest>`` -> digest: deletions a dry-run policy has planned and counted."""
         return f"{self.base}:retention_dry_run"

@@ -96,6 +96,30 @@ class ReconcileSettings(_Section):
     head_concurrency: int = Field(default=8, ge=1, le=256)
 
 
+class RetentionSettings(_Section):
+    """How retention runs (the rules themselves are in ``policies[].retention``).
+
+    The periodic sweep plans every repository in full (time-based rules, repairs after lost events).
+    Deletions go through a Redis stream: at most ``max_deletions_per_second`` over all processes; a
+    failed one is retried after ``retry_base_seconds`` doubling per attempt, at most ``max_attempts``
+    times; one held longer than ``claim_idle_seconds`` by a worker that died is taken over.
+    """
+
+    sweep_interval_seconds: float = Field(default=300.0, ge=0)  # 0: no periodic sweep
+    sweep_initial_delay_seconds: float = Field(default=30.0, ge=0)
+    max_deletions_per_second: float = Field(default=2.0, gt=0, le=1000)
+    retry_base_seconds: float = Field(default=2.0, gt=0)
+    claim_idle_seconds: float = Field(default=300.0, gt=0)
+    max_attempts: int = Field(default=8, ge=1, le=100)
+    claim_ttl_seconds: int = Field(default=DAY_SECONDS, ge=60)
+
+    @model_validator(mode="after")
+    def _check_backoff(self) -> RetentionSettings:
+        if self.retry_base_seconds > self.claim_idle_seconds:
+            raise ValueError("retry_base_seconds must not exceed claim_idle_seconds (the longest backoff)")
+        return self
+
+
 class Settings(BaseSettings):
     """Everything the service needs to run; built once by :func:`load_settings`."""
 
@@ -129,6 +153,7 @@ class Settings(BaseSettings):
     intent_ttl_seconds: int = Field(default=3600, ge=10)
     audit: AuditSettings = AuditSettings()
     reconcile: ReconcileSettings = ReconcileSettings()
+    retention: RetentionSettings = RetentionSettings()
 
     @field_validator("listen")
     @classmethod
