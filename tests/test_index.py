@@ -134,6 +134,32 @@ async def test_dedup_marker_and_change_are_one(redis_client) -> None:
     assert 3590 < await redis_client.ttl(marker) <= 3600
 
 
+async def test_one_round_trip_per_event_and_a_flushed_script_cache_is_reloaded(redis_client) -> None:
+    index = new_index(redis_client, "t6")
+    await redis_client.config_resetstat()
+    await index.apply(make_change(ChangeKind.TAG_PUSH, "1.0", DIGESTS[0], 1))
+    await redis_client.script_flush()  # what a Redis restart does to the script cache
+    second = make_change(ChangeKind.TAG_PUSH, "2.0", DIGESTS[1], 2)
+    assert await index.apply(second) is True
+    assert await index.apply(second) is False
+    assert [t.tag for t in await index.list_tags(REPO)] == ["1.0", "2.0"]
+    stats = await redis_client.info("commandstats")
+    assert "cmdstat_script|exists" not in stats  # no SCRIPT EXISTS round trip before each event
+
+
+async def test_concurrent_events_share_one_round_trip_and_dedup_still_holds(redis_url: str) -> None:
+    async with Redis.from_url(redis_url, client_name="shared-pipeline") as redis:
+        index = new_index(redis, "t7")
+        changes = [make_change(ChangeKind.TAG_PUSH, f"v{i}", DIGESTS[i % 4], 1, i) for i in range(40)]
+        # Every event twice in the same loop turn: exactly one of each pair may apply.
+        results = await asyncio.gather(*(index.apply(c) for c in changes + changes))
+        assert sum(results) == 40
+        assert all(results[i] != results[i + 40] for i in range(40))
+        assert len(await index.list_tags(REPO)) == 40
+        clients = [c for c in await redis.client_list() if c["name"] == "shared-pipeline"]
+        assert len(clients) == 1  # 80 concurrent applies went through one connection, not 80
+
+
 async def test_tombstones_are_forgotten_after_their_ttl(redis_client) -> None:
     index = TagIndex(redis_client, RedisKeys("t5"), dedup_ttl_seconds=60, tombstone_ttl_seconds=-10)
     await apply_all(index, [make_change(ChangeKind.TAG_PUSH, "1.0", DIGESTS[0], 1),
