@@ -28,6 +28,7 @@ from consumer.deadletters import DeadLetters
 from consumer.errors import AuthError, ConsumerError, ForbiddenError, StoreUnavailable
 from consumer.hooks import EventHooks
 from consumer.index import TagIndex
+from consumer.logs import EVENT_ID, REQUEST_ID, request_id_from
 from consumer.metrics import Metrics
 from consumer.rediskeys import RedisKeys
 from consumer.settings import Settings
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.BusyLoadingError)
 WEBHOOK_PATH = "/v1/events"
+REQUEST_ID_HEADER = "X-Request-ID"
 
 
 def _error_response(exc: ConsumerError) -> web.Response:
@@ -47,6 +49,29 @@ def _error_response(exc: ConsumerError) -> web.Response:
         response.headers["WWW-Authenticate"] = f'Bearer realm="registry-consumer", error="{error}"'
     if exc.status == 413:
         response.force_close()  # the unread rest of the body must not stay on a kept-alive connection
+    return response
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Gives the request an id (the caller's ``X-Request-ID`` or a new one) for every log line, and echoes it."""
+    request_id = request_id_from(request.headers.get(REQUEST_ID_HEADER))
+    # Not reset afterwards: aiohttp runs each request in its own task (a fresh copy of the context), and
+    # leaving the id set puts it on aiohttp's own "Error handling request" line for an unexpected 500 too.
+    REQUEST_ID.set(request_id)
+    EVENT_ID.set(None)
+    started = time.perf_counter()
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        exc.headers[REQUEST_ID_HEADER] = request_id
+        raise
+    if not response.prepared:
+        response.headers[REQUEST_ID_HEADER] = request_id
+    log.debug(
+        "%s %s %s", request.method, request.path, response.status,
+        extra={"status": response.status, "duration_seconds": round(time.perf_counter() - started, 6)},
+    )
     return response
 
 
@@ -138,17 +163,21 @@ async def _background_ctx(app: web.Application) -> AsyncIterator[None]:
         await task
 
 
-async def _mark_shutting_down(app: web.Application) -> None:
-    # /readyz answers 503 from here on, so load balancers stop sending new work.
+def mark_shutting_down(app: web.Application) -> None:
+    """From now on /readyz answers 503, so load balancers stop sending new work (see consumer.server)."""
     app[STATE].shutting_down = True
     app[METRICS].ready.set(0)
+
+
+async def _mark_shutting_down(app: web.Application) -> None:
+    mark_shutting_down(app)
 
 
 def create_app(settings: Settings, *, metrics: Metrics | None = None) -> web.Application:
     """Build the aiohttp application for ``settings``; nothing connects until it starts."""
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[webhook_metrics_middleware, error_middleware],
+        middlewares=[request_id_middleware, webhook_metrics_middleware, error_middleware],
     )
     app[SETTINGS] = settings
     app[METRICS] = metrics or Metrics()

@@ -7,8 +7,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from aiohttp import web
-
 from consumer.durations import parse_duration_seconds
 from consumer.errors import ConfigError
 from consumer.settings import Settings, load_settings
@@ -20,20 +18,15 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Run the HTTP service until SIGINT/SIGTERM."""
-    from consumer.app import create_app
+    """Run the HTTP service until SIGINT/SIGTERM, then shut down gracefully (see consumer.server)."""
+    import asyncio
+
     from consumer.logs import configure_logging
+    from consumer.server import serve
 
     settings = _settings(args)
     configure_logging(settings.log_level)
-    web.run_app(
-        create_app(settings),
-        host=settings.listen_host,
-        port=settings.listen_port,
-        shutdown_timeout=settings.shutdown_timeout_seconds,
-        access_log=None,
-        print=lambda msg: print(f"registry-consumer listening on {settings.listen}", file=sys.stderr),
-    )
+    asyncio.run(serve(settings))
     return 0
 
 

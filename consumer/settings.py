@@ -147,6 +147,8 @@ class Settings(BaseSettings):
     dead_letter_max_bytes: int = Field(default=16_384, ge=256)
     stats_interval_seconds: float = Field(default=15.0, gt=0)
     shutdown_timeout_seconds: float = Field(default=10.0, gt=0)
+    # After SIGTERM, /readyz answers 503 for this long before the listener closes (0: close at once).
+    shutdown_delay_seconds: float = Field(default=0.0, ge=0, le=300)
 
     registry: RegistrySettings | None = None
     policies: tuple[Policy, ...] = ()

@@ -19,6 +19,7 @@ from consumer.appkeys import DEAD_LETTERS, HOOKS, INDEX, METRICS, SETTINGS
 from consumer.auth import SCOPE_EVENTS_WRITE, require_scope
 from consumer.envelope import ChangeKind, RegistryEvent, classify
 from consumer.errors import PayloadTooLarge
+from consumer.logs import EVENT_ID
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
@@ -30,6 +31,12 @@ def _validation_reason(exc: Exception) -> str:
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first.get("loc", ())) or "event"
     return f"invalid event: {where}: {first.get('msg')}"
+
+
+def _raw_event_id(raw: Any) -> str | None:
+    """The event's ``id`` as sent, even when the rest of it fails validation (for the logs)."""
+    value = raw.get("id") if isinstance(raw, dict) else None
+    return value[:128] if isinstance(value, str) else None
 
 
 def _events_of(body: bytes) -> tuple[list[Any] | None, str]:
@@ -80,6 +87,9 @@ async def receive_events(request: web.Request) -> web.Response:
         return web.json_response({"accepted": 0, "dead_lettered": 1})
     counts = {"applied": 0, "duplicate": 0, "ignored": 0, "dead_lettered": 0}
     for raw in events:
+        # Every log line about this event carries its id, including those of the listeners published below
+        # (their tasks copy the context as it is now).
+        EVENT_ID.set(_raw_event_id(raw))
         try:
             change = classify(RegistryEvent.model_validate(raw))
         except (ValidationError, ValueError, TypeError) as exc:
@@ -106,5 +116,6 @@ async def receive_events(request: web.Request) -> web.Response:
             "event %s", outcome,
             extra={"event_id": change.event_id, "action": change.action, "repository": change.repository},
         )
+    EVENT_ID.set(None)
     metrics.last_event_timestamp.set(time.time())
     return web.json_response(counts)
