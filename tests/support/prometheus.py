@@ -124,6 +124,12 @@ class PrometheusServer:
         """Evaluate ``expr`` at the current time through /api/v1/query."""
         return self._get("/api/v1/query", {"query": expr})
 
+    def rules(self) -> list[dict[str, Any]]:
+        """Every loaded rule (alerting and recording) with its health and last error, from /api/v1/rules."""
+        result = self._get("/api/v1/rules", {})
+        groups: list[dict[str, Any]] = result.body.get("data", {}).get("groups", [])
+        return [rule for group in groups for rule in group.get("rules", [])]
+
     def targets(self) -> list[dict[str, Any]]:
         """The active scrape targets (job, instance, health, lastError)."""
         result = self._get("/api/v1/targets", {"state": "active"})
