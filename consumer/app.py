@@ -12,13 +12,14 @@ import redis.exceptions
 from aiohttp import web
 from redis.asyncio import Redis
 
-from consumer import api, health, webhook
+from consumer import api, health, policy_api, policy_service, webhook
 from consumer.appkeys import (
     DEAD_LETTERS,
     HOOKS,
     INDEX,
     KEYS,
     METRICS,
+    POLICIES,
     REDIS,
     SETTINGS,
     STATE,
@@ -30,6 +31,7 @@ from consumer.hooks import EventHooks
 from consumer.index import TagIndex
 from consumer.logs import EVENT_ID, REQUEST_ID, request_id_from
 from consumer.metrics import Metrics
+from consumer.policy import PolicySet
 from consumer.rediskeys import RedisKeys
 from consumer.settings import Settings
 from consumer.state import ServiceState
@@ -184,6 +186,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> web.App
     app[KEYS] = RedisKeys(settings.key_prefix)
     app[STATE] = ServiceState()
     app[HOOKS] = EventHooks()
+    app[POLICIES] = PolicySet(settings.policies)
     app[VERIFIER] = TokenVerifier(settings.auth, settings.jwt_secret_bytes())
     app.cleanup_ctx.append(_redis_ctx)
     app.cleanup_ctx.append(_background_ctx)
@@ -191,4 +194,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> web.App
     app.add_routes(health.routes)
     app.add_routes(webhook.routes)
     app.add_routes(api.routes)
+    # registry client, audit, intents, unexpected deletions, latest, reconciliation
+    app.cleanup_ctx.append(policy_service.policies_ctx)
+    app.add_routes(policy_api.routes)
     return app

@@ -5,11 +5,17 @@ from __future__ import annotations
 from aiohttp import web
 from redis.asyncio import Redis
 
+from consumer.audit import AuditLog
 from consumer.deadletters import DeadLetters
 from consumer.hooks import EventHooks
 from consumer.index import TagIndex
+from consumer.intents import DeletionIntents
+from consumer.latest import LatestKeeper
 from consumer.metrics import Metrics
+from consumer.policy import PolicySet
+from consumer.reconcile import Reconciler
 from consumer.rediskeys import RedisKeys
+from consumer.registry_client import RegistryClient
 from consumer.settings import Settings
 from consumer.state import ServiceState
 from consumer.tokens import TokenVerifier
@@ -23,3 +29,10 @@ VERIFIER = web.AppKey("verifier", TokenVerifier)
 HOOKS = web.AppKey("event_hooks", EventHooks)
 STATE = web.AppKey("state", ServiceState)
 DEAD_LETTERS = web.AppKey("dead_letters", DeadLetters)
+POLICIES = web.AppKey("policies", PolicySet)
+AUDIT = web.AppKey("audit", AuditLog)
+INTENTS = web.AppKey("deletion_intents", DeletionIntents)
+LATEST = web.AppKey("latest", LatestKeeper)
+# Set only when ``registry:`` is configured.
+REGISTRY_CLIENT = web.AppKey("registry_client", RegistryClient)
+RECONCILER = web.AppKey("reconciler", Reconciler)

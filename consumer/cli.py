@@ -42,6 +42,25 @@ def cmd_token_mint(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    """Compare the index with the registry, repair it, and print what was wrong (JSON)."""
+    import asyncio
+    import json
+
+    from consumer.errors import RegistryError
+    from consumer.policy_service import reconcile_once
+    from consumer.reconcile import ReconcileBusy
+
+    settings = _settings(args)
+    try:
+        report = asyncio.run(reconcile_once(settings, args.repository))
+    except (RegistryError, ReconcileBusy) as exc:
+        print(f"registry-consumer: reconcile failed: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(report.as_dict(), sort_keys=True))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; subcommands set ``func``."""
     parser = argparse.ArgumentParser(prog="registry-consumer", description=__doc__)
@@ -51,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the webhook and API server")
     serve.set_defaults(func=cmd_serve)
+
+    reconcile = sub.add_parser("reconcile", help="repair the index from the registry's catalog, tags and digests")
+    reconcile.add_argument("--repository", default=None, help="only this repository (default: all)")
+    reconcile.set_defaults(func=cmd_reconcile)
 
     token = sub.add_parser("token", help="mint, revoke and inspect tokens")
     token_sub = token.add_subparsers(dest="token_command", required=True)

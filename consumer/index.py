@@ -294,6 +294,11 @@ class TagIndex:
             if raw is not None
         ]
 
+    async def newest_tags(self, repository: str, count: int) -> list[str]:
+        """The ``count`` most recently pushed live tags, newest first (O(log n + count))."""
+        names = await self._redis.zrevrange(self._keys.repo(repository).tags, 0, count - 1)
+        return [text(n) for n in names]
+
     async def last_digest(self, repository: str, tag: str) -> str | None:
         """The digest ``tag`` points at, or pointed at when it was deleted (until its tombstone is forgotten)."""
         raw = await self._redis.hget(self._keys.repo(repository).tag_records, tag)

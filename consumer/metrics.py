@@ -34,6 +34,11 @@ AUTH_FAILURE_REASONS = (
 RETENTION_MODES = ("dry_run", "enforced", "failed")
 
 
+DELETION_KINDS = ("tag", "manifest")
+DRIFT_KINDS = ("missing_tag", "ghost_tag", "wrong_digest", "missing_repository", "ghost_manifest")
+RECONCILE_OUTCOMES = ("ok", "error")
+
+
 def _init_labels(metric: Counter | Gauge, *label_sets: Iterable[str]) -> None:
     if len(label_sets) == 1:
         for value in label_sets[0]:
@@ -116,3 +121,29 @@ class Metrics:
             "How long the oldest queued retention deletion has waited (0 when none is queued).",
             registry=r,
         )
+        self.unexpected_deletions = Counter(
+            f"{PREFIX}_unexpected_deletions_total",
+            "Deletions in the registry that the consumer did not plan, by kind and whether policy protected them.",
+            ["kind", "protected"],
+            registry=r,
+        )
+        _init_labels(self.unexpected_deletions, DELETION_KINDS, ("true", "false"))
+        self.latest_stale_repositories = Gauge(
+            f"{PREFIX}_latest_stale_repositories",
+            "Repositories whose latest tag does not point where their policy says.",
+            registry=r,
+        )
+        self.latest_fixes = Counter(
+            f"{PREFIX}_latest_fixes_total", "Times the consumer moved a latest tag to where policy says.", registry=r
+        )
+        self.reconcile_drift = Counter(
+            f"{PREFIX}_reconcile_drift_total",
+            "Differences between the index and the registry that reconciliation repaired, by kind.",
+            ["kind"],
+            registry=r,
+        )
+        _init_labels(self.reconcile_drift, DRIFT_KINDS)
+        self.reconcile_runs = Counter(
+            f"{PREFIX}_reconcile_runs_total", "Reconciliation runs by outcome.", ["outcome"], registry=r
+        )
+        _init_labels(self.reconcile_runs, RECONCILE_OUTCOMES)
