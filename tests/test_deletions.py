@@ -3,17 +3,22 @@ the consumer's own deletes (intents) never counted, and ``revoke_actor``."""
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 
 from consumer.app import create_app
-from consumer.appkeys import AUDIT, INDEX, INTENTS
+from consumer.appkeys import AUDIT, HOOKS, INDEX, INTENTS
 from consumer.metrics import Metrics
 from consumer.settings import Settings
 from tests.policy_events import digest, event, send
+from tests.support import oci, skopeo
+from tests.support.registry import NotificationEndpoint, RegistryFleet, TokenIssuer, bearer_headers, repository_access
 
 REPO = "team/app"
 D1, D2, D3 = digest("one"), digest("two"), digest("three")
@@ -179,3 +184,88 @@ async def test_no_revocation_where_the_policy_does_not_ask(
     await send(app_client, auth_headers, event("delete", "other/app", digest=D1, actor="mallory"))
     assert (await app_client.get("/v1/repositories", headers=mallory)).status == 200
     assert (await app_client.app[AUDIT].page(kind="actor_revoked"))[0] == []
+
+
+# -- end to end: a real registry, a real curl -------------------------------------------------------
+
+
+@pytest.mark.e2e
+async def test_curl_delete_by_digest_is_reported_and_the_actor_revoked(
+    aiohttp_client: Callable[..., Any],
+    make_settings: Callable[..., Settings],
+    metrics: Metrics,
+    make_token: Callable[..., str],
+    registries: RegistryFleet,
+    tmp_path: Path,
+) -> None:
+    issuer = TokenIssuer(tmp_path / "keys")
+    realm = "http://127.0.0.1:9/token"  # nobody asks it: every client here brings its own token
+    registry_auth = {
+        "realm": realm,
+        "service": issuer.service,
+        "issuer": issuer.issuer,
+        "rootcertbundle": str(issuer.cert_path),
+    }
+    client = await aiohttp_client(
+        create_app(make_settings(policies=POLICIES, registry_auth=registry_auth), metrics=metrics)
+    )
+    endpoint = NotificationEndpoint(
+        str(client.make_url("/v1/events")), headers=bearer_headers(make_token(scope="events:write"))
+    )
+    registry = registries.start(auth=issuer.auth(realm=realm), token_issuer=issuer, notifications=[endpoint])
+
+    image = oci.write_image(tmp_path / "layout", "a")
+    robot = skopeo.Auth(token=issuer.mint([repository_access(REPO, ["pull", "push"])], subject="ci-robot"))
+    await skopeo.push(image, registry, REPO, "1.0", auth=robot)
+    await skopeo.retag(registry, REPO, "1.0", "stable", auth=robot)
+    await registry.wait_notifications_delivered()
+    await client.app[HOOKS].drain(30)
+
+    mallory = issuer.mint([repository_access(REPO, ["pull", "delete"])], subject="mallory")
+    gate = {
+        "Authorization": f"Bearer {mallory}",
+        "X-Original-Method": "GET",
+        "X-Original-URI": f"/v2/{REPO}/manifests/stable",
+    }
+    assert (await client.get("/v1/auth", headers=gate)).status == 200  # the forward-auth lets mallory in, so far
+    before = totals(metrics)
+
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [
+            "curl",
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "DELETE",
+            "-H",
+            f"Authorization: Bearer {mallory}",
+            f"{registry.url}/v2/{REPO}/manifests/{image.digest}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.stdout == "202", result.stderr
+    await registry.wait_notifications_delivered()
+    await client.app[HOOKS].drain(30)
+
+    after = totals(metrics)
+    assert after[("manifest", True)] - before[("manifest", True)] == 1  # stable went with the digest
+    assert sum(after.values()) - sum(before.values()) == 1  # one report for the request, not one per tag
+    records, _ = await client.app[AUDIT].page(repository=REPO, kind="unexpected_deletion")
+    assert [(r.actor, r.digest, r.protected) for r in records] == [("mallory", image.digest, True)]
+    assert (records[0].user_agent or "").startswith("curl/")
+    assert records[0].detail == "tags removed with it: 1.0, stable"
+    revoked, _ = await client.app[AUDIT].page(kind="actor_revoked")
+    assert [r.actor for r in revoked] == ["mallory"]
+    # The same registry token is refused from now on, wherever the consumer checks it.
+    resp = await client.get("/v1/auth", headers=gate)
+    assert resp.status == 401
+    assert (await resp.json())["detail"].startswith("token revoked")
+    robot_gate = {**gate, "Authorization": f"Bearer {robot.token}"}
+    assert (await client.get("/v1/auth", headers=robot_gate)).status == 200  # nobody else's
