@@ -124,6 +124,9 @@ class LatestKeeper:
         """Assess ``latest`` and act on the policy's ``action``; None when no policy manages it."""
         policy = self._policies.policy_for(repository)
         if policy is None or policy.latest is None:
+            # The policy may have been removed from the configuration since the repository was marked.
+            if await self._redis.zrem(self._keys.latest_stale, repository):
+                await self.refresh_gauge()
             return None
         async with self._locks.hold(repository):
             status, version = await self._assess(repository, policy.latest)
@@ -280,6 +283,10 @@ class LatestKeeper:
         else:
             await self._redis.zrem(key, repository)
         await self.refresh_gauge()
+
+    async def stale_repositories(self, count: int) -> list[str]:
+        """Up to ``count`` repositories marked stale, longest stale first."""
+        return [text(r) for r in await self._redis.zrange(self._keys.latest_stale, 0, count - 1)]
 
     async def is_stale(self, repository: str) -> bool:
         """Whether the repository is currently marked stale."""

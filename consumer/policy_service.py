@@ -47,6 +47,8 @@ from consumer.version_index import VersionIndex
 
 log = logging.getLogger(__name__)
 _REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+STALE_RETRY_SECONDS = 60.0
+STALE_RETRY_BATCH = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +143,20 @@ async def _gauge_loop(app: web.Application, latest: LatestKeeper) -> None:
         await asyncio.sleep(app[SETTINGS].stats_interval_seconds)
 
 
+async def _stale_retry_loop(app: web.Application, latest: LatestKeeper) -> None:
+    # A fix that failed (registry down, credentials) is retried here, not only on the next event; and a
+    # repository whose policy no longer manages latest is unmarked.
+    while True:
+        await asyncio.sleep(STALE_RETRY_SECONDS)
+        try:
+            for repository in await latest.stale_repositories(STALE_RETRY_BATCH):
+                await latest.evaluate(repository)
+        except _REDIS_DOWN:
+            app[METRICS].redis_errors.inc()
+        except Exception:
+            log.exception("re-evaluating stale repositories failed")
+
+
 async def policies_ctx(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx (after the Redis one): creates the parts, subscribes the listeners, runs the loops."""
     settings = app[SETTINGS]
@@ -162,7 +178,10 @@ async def policies_ctx(app: web.Application) -> AsyncIterator[None]:
         app[AUDIT], app[INTENTS], app[LATEST] = parts.audit, parts.intents, parts.latest
         app[HOOKS].subscribe(parts.watch.on_change)
         app[HOOKS].subscribe(parts.latest.on_change)
-        tasks = [asyncio.create_task(_gauge_loop(app, parts.latest))]
+        tasks = [
+            asyncio.create_task(_gauge_loop(app, parts.latest)),
+            asyncio.create_task(_stale_retry_loop(app, parts.latest)),
+        ]
         if parts.reconciler is not None:
             app[RECONCILER] = parts.reconciler
             if settings.reconcile.interval_seconds > 0:

@@ -11,11 +11,15 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from consumer.app import create_app
-from consumer.appkeys import AUDIT, HOOKS
+from consumer.appkeys import AUDIT, HOOKS, INDEX, KEYS, LATEST, REDIS
+from consumer.latest import LatestKeeper
 from consumer.metrics import Metrics
+from consumer.policy import PolicySet
 from consumer.settings import Settings
+from consumer.version_index import VersionIndex
 from tests.policy_events import digest, event, send
 from tests.support import oci, skopeo
+from tests.support.procs import LOOPBACK, free_port
 from tests.support.registry import NotificationEndpoint, RegistryFleet, RegistryServer, bearer_headers
 
 REPO = "team/app"
@@ -280,3 +284,49 @@ async def test_fix_follows_the_highest_version_and_never_moves_back(
     # The media type survived the round trip: the registry serves latest as the OCI manifest it was.
     media_type, _ = await registry.get_manifest(REPO, "latest")
     assert media_type == oci.OCI_MANIFEST
+
+
+async def test_a_failed_fix_leaves_the_repository_stale_and_a_dropped_policy_unmarks_it(
+    aiohttp_client: Callable[..., Any],
+    make_settings: Callable[..., Settings],
+    metrics: Metrics,
+    auth_headers: dict[str, str],
+) -> None:
+    dead = f"http://{LOOPBACK}:{free_port()}"  # nothing listens: every fix fails
+    client = await app_with(
+        aiohttp_client,
+        make_settings,
+        metrics,
+        {"mode": "highest-semver", "action": "fix"},
+        registry={"url": dead, "retries": 0},
+    )
+    await send(
+        client,
+        auth_headers,
+        event("push", REPO, tag="latest", digest=D["1.0.0"]),
+        event("push", REPO, tag="1.0.0", digest=D["1.0.0"]),
+        event("push", REPO, tag="2.0.0", digest=D["2.0.0"]),
+    )
+    assert (await latest_of(client, auth_headers))["stale"] is True
+    assert sample(metrics, "registry_consumer_latest_stale_repositories") == 1
+    assert sample(metrics, "registry_consumer_latest_fixes_total") == 0
+    keeper = client.app[LATEST]
+    assert await keeper.stale_repositories(10) == [REPO]
+    # The periodic retry calls evaluate again: still failing, still stale, and no second stale record.
+    await keeper.evaluate(REPO)
+    assert await keeper.is_stale(REPO)
+    assert len((await client.app[AUDIT].page(kind="latest_stale"))[0]) == 1
+    # The configuration no longer manages latest here: the mark goes on the next evaluation.
+    unmanaged = LatestKeeper(
+        redis=client.app[REDIS],
+        keys=client.app[KEYS],
+        index=client.app[INDEX],
+        versions=VersionIndex(client.app[REDIS], client.app[KEYS]),
+        policies=PolicySet([]),
+        audit=client.app[AUDIT],
+        metrics=metrics,
+        registry=None,
+    )
+    assert await unmanaged.evaluate(REPO) is None
+    assert not await keeper.is_stale(REPO)
+    assert sample(metrics, "registry_consumer_latest_stale_repositories") == 0
