@@ -57,21 +57,7 @@ async def list_audit(request: web.Request) -> web.Response:
         )
     except ValueError as exc:
         raise BadRequest(str(exc)) from exc
-    out = [
-        AuditRecordOut(
-            time=r.time,
-            kind=r.kind,
-            repository=r.repository,
-            tag=r.tag,
-            digest=r.digest,
-            actor=r.actor,
-            addr=r.addr,
-            user_agent=r.user_agent,
-            protected=r.protected,
-            detail=r.detail,
-        )
-        for r in records
-    ]
+    out = [AuditRecordOut.model_validate(r, from_attributes=True) for r in records]
     return json_model(AuditPage(records=out, next=cursor))
 
 
@@ -83,12 +69,4 @@ async def get_latest(request: web.Request) -> web.Response:
     if not await request.app[INDEX].has_repository(name):
         raise NotFound(f"repository {name} is not in the index")
     status = await request.app[LATEST].status(name)
-    return json_model(
-        LatestOut(
-            digest=status.digest,
-            expected_digest=status.expected_digest,
-            expected_tag=status.expected_tag,
-            stale=status.stale,
-            mode=status.mode,
-        )
-    )
+    return json_model(LatestOut.model_validate(status, from_attributes=True))

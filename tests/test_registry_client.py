@@ -133,20 +133,19 @@ async def test_basic_auth_with_htpasswd(registries: RegistryFleet, tmp_path: Pat
             await client.catalog()
 
 
-class TokenServer:
-    """The registry's token service (the challenge's realm): Basic credentials in, a signed token out."""
+class LoopbackServer:
+    """A small aiohttp server on a free loopback port; subclasses add their routes in ``routes``."""
 
-    def __init__(self, issuer: TokenIssuer, creds: BasicCredentials) -> None:
-        self.issuer = issuer
-        self.creds = creds
+    def __init__(self) -> None:
         self.port = free_port()
-        self.url = f"http://{LOOPBACK}:{self.port}/token"
-        self.requests: list[dict[str, str]] = []
         self._runner: web.AppRunner | None = None
+
+    def routes(self, app: web.Application) -> None:
+        raise NotImplementedError
 
     async def start(self) -> None:
         app = web.Application()
-        app.router.add_get("/token", self._token)
+        self.routes(app)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         await web.TCPSite(self._runner, LOOPBACK, self.port).start()
@@ -154,6 +153,20 @@ class TokenServer:
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+
+
+class TokenServer(LoopbackServer):
+    """The registry's token service (the challenge's realm): Basic credentials in, a signed token out."""
+
+    def __init__(self, issuer: TokenIssuer, creds: BasicCredentials) -> None:
+        super().__init__()
+        self.issuer = issuer
+        self.creds = creds
+        self.url = f"http://{LOOPBACK}:{self.port}/token"
+        self.requests: list[dict[str, str]] = []
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_get("/token", self._token)
 
     async def _token(self, request: web.Request) -> web.Response:
         self.requests.append(dict(request.query))
@@ -205,27 +218,18 @@ async def test_token_service_refusal_is_an_auth_error(
             await client.catalog()
 
 
-class FaultServer:
+class FaultServer(LoopbackServer):
     """Answers each path with a scripted list of statuses (then the last one forever); counts requests."""
 
     def __init__(self, script: dict[str, list[int]], link: Callable[[str], str | None] = lambda _: None) -> None:
+        super().__init__()
         self.script = script
         self.link = link
-        self.port = free_port()
         self.url = f"http://{LOOPBACK}:{self.port}"
         self.hits: dict[str, int] = {}
-        self._runner: web.AppRunner | None = None
 
-    async def start(self) -> None:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_route("*", "/{tail:.*}", self._answer)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, LOOPBACK, self.port).start()
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
     async def _answer(self, request: web.Request) -> web.Response:
         n = self.hits.get(request.path, 0)
