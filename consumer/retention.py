@@ -784,9 +784,9 @@ class RetentionPlanner:
         await self._ensure_protected(repository, policy)
         await self._clean_windows(repository, policy)
         if deletion.action is Action.TAG and deletion.tag is not None:
+            # The tag's plan now, whatever digest it points at now (the registry is checked before deleting).
             decisions = await self._decide(repository, policy, [deletion.tag])
-            current = decisions[0].deletion if decisions and decisions[0].digest == deletion.digest else None
-            return current
+            return decisions[0].deletion if decisions else None
         context = await self._digest_context(repository, [deletion.digest])
         tags, _ = context[deletion.digest]
         if tags:

@@ -253,3 +253,42 @@ def test_build_plan_is_deterministic_for_equal_push_times() -> None:
     tags = [TagInfo(t, digest_of(t), None, None, None, None, None, 5) for t in ("a", "b")]
     plan = build_plan(REPO, policy, tags, [], untagged_since={}, subjects={}, now_us=10, can_delete_tags=True)
     assert {d.tag: d.keep for d in plan.tags} == {"a": False, "b": True}  # ties: the greater name ranks first
+
+
+async def test_the_tag_pushed_out_is_judged_on_the_push_itself(redis_client: Redis) -> None:
+    """The boundary search skips protected tags ranked above it (ties included), without waiting for a sweep."""
+    rig = make_rig(redis_client, policy_set({"dry_run": False, "keep": [{"last_pushed": 2}, {"semver_latest": 1}],
+                                             "protected": ["stable", "prod-*", "^9\\."]}))
+
+    async def queued() -> list[str]:
+        return [f[b"tags"].decode() for _, f in await redis_client.xrange(rig.keys.retention_queue)]
+
+    for second, tag in enumerate(["a", "stable", "b", "prod-1"], 1):
+        await rig.push(tag, digest_of(tag), second)
+    assert await queued() == []
+    await rig.push("c", digest_of("c"), 5)
+    assert await queued() == ["a"]
+    await rig.push("prod-2", digest_of("prod-2"), 6)
+    await rig.push("d", digest_of("d"), 6)  # same clock as prod-2, which ranks above it ("prod-2" > "d")
+    assert await queued() == ["a", "b"]
+    await rig.push("9.0.0", digest_of("9.0.0"), 7)
+    await rig.push("1.0.0", digest_of("1.0.0"), 8)
+    await rig.push("2.0.0", digest_of("2.0.0"), 9)
+    assert await queued() == ["a", "b", "c", "d"]
+    await rig.push("e", digest_of("e"), 10)  # 1.0.0: out of last_pushed, and 2.0.0 is the highest counted version
+    assert await queued() == ["a", "b", "c", "d", "1.0.0"]
+
+
+async def test_boundary_search_with_many_protected_tags_above_it(redis_client: Redis) -> None:
+    rig = make_rig(redis_client, policy_set({"dry_run": False, "keep": [{"last_pushed": 5}], "protected": ["p*"]}))
+    for second, tag in enumerate(["a", "b", "c", "d", "e", "f", "p1", "p2", "p3", "p4"], 1):
+        await rig.push(tag, digest_of(tag), second)
+    decisions = await rig.push("x", digest_of("x"), 20)  # counted: x f e d c | b is pushed out
+    assert {d.tag for d in decisions if d.deletion is not None} == {"a", "b"}
+
+
+async def test_a_protected_tag_with_the_same_push_time_ranks_by_name(redis_client: Redis) -> None:
+    rig = make_rig(redis_client, policy_set({"dry_run": False, "keep": [{"last_pushed": 1}], "protected": ["p*"]}))
+    await rig.push("prod", digest_of("prod"), 1)
+    decisions = await rig.push("d", digest_of("d"), 1)  # prod ranks above d (same clock, greater name)
+    assert [(d.tag, d.keep, d.rule) for d in decisions] == [("d", True, "last_pushed:1")]
