@@ -101,7 +101,7 @@ class LatestKeeper:
             tags = await self._index.deleted_tags(change.repository, change.digest or "")
         # Bring the version index up to date for this event's tags before reading it.
         await self._versions.sync(change.repository, tags)
-        await self.evaluate(change.repository)
+        await self.evaluate(change.repository, cause=change)
 
     async def resync(self, repository: str) -> None:
         """After a repair of the index (reconciliation): rebuild the version index, then evaluate."""
@@ -120,8 +120,12 @@ class LatestKeeper:
         status, _ = await self._assess(repository, policy.latest)
         return status
 
-    async def evaluate(self, repository: str) -> LatestStatus | None:
-        """Assess ``latest`` and act on the policy's ``action``; None when no policy manages it."""
+    async def evaluate(self, repository: str, cause: Change | None = None) -> LatestStatus | None:
+        """Assess ``latest`` and act on the policy's ``action``; None when no policy manages it.
+
+        ``cause``: the event that triggered this; when it is a push of ``latest`` that breaks the policy,
+        the report names who pushed it (under ``fix`` too, before the fix).
+        """
         policy = self._policies.policy_for(repository)
         if policy is None or policy.latest is None:
             # The policy may have been removed from the configuration since the repository was marked.
@@ -144,10 +148,15 @@ class LatestKeeper:
             if not status.stale:
                 # latest is where it should be: a fix that was on its way has arrived.
                 await self._redis.hdel(state, "pending_digest", "pending_until")
-            if status.stale and policy.latest.action == "fix" and await self._fix(status):
-                await self._set_stale(repository, False, status)
+            pushed = cause is not None and cause.kind is ChangeKind.TAG_PUSH and cause.tag == LATEST
+            breaker = cause if pushed and status.stale else None
+            if status.stale and policy.latest.action == "fix":
+                if breaker is not None:
+                    await self._record_stale(status, breaker)
+                fixed = await self._fix(status)
+                await self._set_stale(repository, not fixed, status, report=breaker is None)
             else:
-                await self._set_stale(repository, status.stale, status)
+                await self._set_stale(repository, status.stale, status, breaker=breaker)
         return status
 
     async def refresh_gauge(self) -> None:
@@ -260,29 +269,42 @@ class LatestKeeper:
         log.info("latest fixed", extra={"repository": repo, "digest": expected, "tag": status.expected_tag})
         return True
 
-    async def _set_stale(self, repository: str, stale: bool, status: LatestStatus) -> None:
+    async def _set_stale(
+        self, repository: str, stale: bool, status: LatestStatus, *, report: bool = True, breaker: Change | None = None
+    ) -> None:
+        """Mark or unmark; a new stale spell is reported once (unless the caller has reported it)."""
         key = self._keys.latest_stale
         if stale:
             added = await self._redis.zadd(key, {repository: time.time()}, nx=True)
-            if added:
-                await self._audit.record(
-                    "latest_stale",
-                    repository,
-                    tag=LATEST,
-                    digest=status.digest,
-                    detail=f"latest should be {status.expected_digest} ({status.expected_tag}, mode {status.mode})",
-                )
-                log.warning(
-                    "latest is stale",
-                    extra={
-                        "repository": repository,
-                        "digest": status.digest,
-                        "expected_digest": status.expected_digest,
-                    },
-                )
+            if added and report:
+                await self._record_stale(status, breaker)
         else:
             await self._redis.zrem(key, repository)
         await self.refresh_gauge()
+
+    async def _record_stale(self, status: LatestStatus, breaker: Change | None) -> None:
+        detail = f"latest should be {status.expected_digest} ({status.expected_tag}, mode {status.mode})"
+        if breaker is not None:
+            detail = f"a push of latest onto {status.digest} breaks the policy; " + detail
+        await self._audit.record(
+            "latest_stale",
+            status.repository,
+            tag=LATEST,
+            digest=status.digest,
+            actor=breaker.actor if breaker else None,
+            addr=breaker.addr if breaker else None,
+            user_agent=breaker.user_agent if breaker else None,
+            detail=detail,
+        )
+        log.warning(
+            "latest is stale",
+            extra={
+                "repository": status.repository,
+                "digest": status.digest,
+                "expected_digest": status.expected_digest,
+                "actor": breaker.actor if breaker else None,
+            },
+        )
 
     async def stale_repositories(self, count: int) -> list[str]:
         """Up to ``count`` repositories marked stale, longest stale first."""

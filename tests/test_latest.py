@@ -89,6 +89,11 @@ async def test_report_marks_stale_once_and_clears(
     await send(client, auth_headers, event("push", REPO, tag="latest", digest=D["2.1.0"]))
     assert (await latest_of(client, auth_headers))["stale"] is False
     assert sample(metrics, "registry_consumer_latest_stale_repositories") == 0
+    # A push of latest itself onto an older version: reported, naming who pushed it.
+    await send(client, auth_headers, event("push", REPO, tag="latest", digest=D["1.0.0"], actor="bob"))
+    assert (await latest_of(client, auth_headers))["stale"] is True
+    newest = (await client.app[AUDIT].page(kind="latest_stale", n=1))[0][0]
+    assert (newest.actor, newest.digest) == ("bob", D["1.0.0"])
 
 
 async def test_never_backwards_after_the_highest_tag_is_deleted(
@@ -270,6 +275,9 @@ async def test_fix_follows_the_highest_version_and_never_moves_back(
     await _until(lambda: latest_is("2.0.0"), "latest corrected back to 2.0.0")
     await _settle(client, registry)
     assert sample(metrics, "registry_consumer_latest_fixes_total") == 3  # and no loop
+    reports, _ = await client.app[AUDIT].page(repository=REPO, kind="latest_stale")
+    assert [(r.digest, (r.user_agent or "").split("/")[0]) for r in reports] == [(images["1.4.9"].digest, "skopeo")]
+    assert (reports[0].detail or "").startswith("a push of latest onto")
     status = await latest_of(client, auth_headers)
     assert status == {
         "digest": images["2.0.0"].digest,
