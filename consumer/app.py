@@ -12,7 +12,7 @@ import redis.exceptions
 from aiohttp import web
 from redis.asyncio import Redis
 
-from consumer import api, health, policy_api, policy_service, webhook
+from consumer import api, health, policy_api, policy_service, retention_api, retention_service, webhook
 from consumer.appkeys import (
     DEAD_LETTERS,
     HOOKS,
@@ -197,4 +197,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> web.App
     # registry client, audit, intents, unexpected deletions, latest, reconciliation
     app.cleanup_ctx.append(policy_service.policies_ctx)
     app.add_routes(policy_api.routes)
+    # retention: the planner on each event, the periodic sweep, the deletion worker (after the policy parts)
+    app.cleanup_ctx.append(retention_service.retention_ctx)
+    app.add_routes(retention_api.routes)
     return app

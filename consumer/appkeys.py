@@ -16,6 +16,7 @@ from consumer.policy import PolicySet
 from consumer.reconcile import Reconciler
 from consumer.rediskeys import RedisKeys
 from consumer.registry_client import RegistryClient
+from consumer.retention import RetentionPlanner
 from consumer.settings import Settings
 from consumer.state import ServiceState
 from consumer.tokens import TokenVerifier
@@ -36,3 +37,4 @@ LATEST = web.AppKey("latest", LatestKeeper)
 # Set only when ``registry:`` is configured.
 REGISTRY_CLIENT = web.AppKey("registry_client", RegistryClient)
 RECONCILER = web.AppKey("reconciler", Reconciler)
+RETENTION = web.AppKey("retention", RetentionPlanner)

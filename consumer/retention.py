@@ -759,6 +759,10 @@ class RetentionPlanner:
                 pipe.hdel(repo.subjects, *stale_subjects)
             await pipe.execute()
 
+    async def resync(self, repository: str) -> None:
+        """After reconciliation repaired the index: repair the derived sets and act on the full plan."""
+        await self.sweep_repository(repository)
+
     async def sweep(self, batch: int = 200) -> int:
         """Sweep every repository that has a retention policy; returns how many were swept."""
         swept = 0

@@ -3,14 +3,19 @@ and the per-event evaluation agreeing with the full plan."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio import Redis
 
+from consumer.app import create_app
 from consumer.deleter import Action
 from consumer.envelope import ChangeKind
 from consumer.metrics import Metrics
 from consumer.retention import Plan, TagDecision, build_plan
+from consumer.settings import Settings
+from tests.policy_events import digest as policy_digest
+from tests.policy_events import event, send
 from tests.support.retention import (
     OCI_INDEX,
     REPO,
@@ -292,3 +297,32 @@ async def test_a_protected_tag_with_the_same_push_time_ranks_by_name(redis_clien
     await rig.push("prod", digest_of("prod"), 1)
     decisions = await rig.push("d", digest_of("d"), 1)  # prod ranks above d (same clock, greater name)
     assert [(d.tag, d.keep, d.rule) for d in decisions] == [("d", True, "last_pushed:1")]
+
+
+async def test_the_service_plans_on_events_and_the_api_shows_every_tag(
+    aiohttp_client: Callable[..., Any],
+    make_settings: Callable[..., Settings],
+    make_token: Callable[..., str],
+    auth_headers: dict[str, str],
+) -> None:
+    metrics = Metrics(process=False)
+    policies = [{"repositories": ["team/*"], "retention": {"keep": [{"last_pushed": 1}], "protected": ["stable"]}}]
+    client = await aiohttp_client(create_app(make_settings(policies=policies), metrics=metrics))
+    await send(client, auth_headers, *(event("push", repo, tag=tag, digest=policy_digest(tag))
+                                       for repo, tag in [(REPO, "a"), (REPO, "stable"), (REPO, "b"), ("other/x", "c")]))
+    resp = await client.get(f"/v1/repositories/{REPO}/retention", headers=auth_headers)
+    assert resp.status == 200, await resp.text()
+    body = await resp.json()
+    assert {k: v for k, v in body.items() if k != "tags"} == {"repository": REPO, "dry_run": True, "untagged": []}
+    assert [(t["tag"], t["digest"], t["decision"], t["rule"]) for t in body["tags"]] == [
+        ("a", policy_digest("a"), "delete", "no_keep_rule"),
+        ("b", policy_digest("b"), "keep", "last_pushed:1"),
+        ("stable", policy_digest("stable"), "keep", "protected"),
+    ]
+    assert metrics.retention_deletions.labels("dry_run")._value.get() == 1  # planned on the push of b
+    for path, status in [("other/x", 404), ("nope/nope", 404)]:
+        resp = await client.get(f"/v1/repositories/{path}/retention", headers=auth_headers)
+        assert resp.status == status, await resp.text()
+    resp = await client.get(f"/v1/repositories/{REPO}/retention",
+                            headers={"Authorization": f"Bearer {make_token(scope='events:write')}"})
+    assert resp.status == 403

@@ -1,0 +1,99 @@
+"""Wires retention into the service: the planner on the event hooks, the periodic sweep, the deletion worker.
+
+``retention_ctx`` is the app's cleanup context; it runs after ``policy_service.policies_ctx`` (which makes the
+registry client, the audit log and the deletion intents) and stops before it, so the worker never outlives
+the registry session. Without ``registry:`` nothing is deleted: plans are made and recorded as dry runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import redis.exceptions
+from aiohttp import web
+
+from consumer.appkeys import (
+    AUDIT,
+    HOOKS,
+    INDEX,
+    INTENTS,
+    KEYS,
+    METRICS,
+    POLICIES,
+    RECONCILER,
+    REDIS,
+    REGISTRY_CLIENT,
+    RETENTION,
+    SETTINGS,
+)
+from consumer.deleter import DeletionQueue, DeletionWorker, refresh_queue_gauges
+from consumer.errors import RegistryError
+from consumer.retention import RetentionPlanner
+from consumer.version_index import VersionIndex
+
+log = logging.getLogger(__name__)
+_REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
+async def _sweep_loop(app: web.Application, planner: RetentionPlanner) -> None:
+    settings = app[SETTINGS].retention
+    await asyncio.sleep(settings.sweep_initial_delay_seconds)
+    while True:
+        # One sweep at a time across replicas; the lock outlives a crashed holder by at most one interval.
+        lock = app[REDIS].lock(app[KEYS].retention_sweep_lock, timeout=settings.sweep_interval_seconds,
+                               blocking=False)
+        try:
+            if await lock.acquire():
+                try:
+                    swept = await planner.sweep()
+                    log.info("retention sweep done", extra={"repositories": swept})
+                finally:
+                    with contextlib.suppress(redis.exceptions.LockError):
+                        await lock.release()
+        except _REDIS_DOWN:
+            app[METRICS].redis_errors.inc()
+        except RegistryError as exc:
+            log.warning("retention sweep failed", extra={"error": str(exc)})
+        except Exception:
+            log.exception("retention sweep failed")
+        await asyncio.sleep(settings.sweep_interval_seconds)
+
+
+async def _gauge_loop(app: web.Application, queue: DeletionQueue) -> None:
+    while True:
+        try:
+            await refresh_queue_gauges(queue, app[METRICS])
+        except _REDIS_DOWN:
+            app[METRICS].redis_errors.inc()
+        await asyncio.sleep(app[SETTINGS].stats_interval_seconds)
+
+
+async def retention_ctx(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx (after ``policies_ctx``): the planner, its listener and loops, and the deletion worker."""
+    settings = app[SETTINGS]
+    redis_client, keys, metrics = app[REDIS], app[KEYS], app[METRICS]
+    registry = app.get(REGISTRY_CLIENT)
+    queue = DeletionQueue(redis_client, keys, claim_ttl_seconds=settings.retention.claim_ttl_seconds)
+    planner = RetentionPlanner(
+        redis_client, keys, app[INDEX], VersionIndex(redis_client, keys), app[POLICIES], queue, metrics,
+        registry.supports_tag_delete if registry is not None else None,
+    )
+    app[RETENTION] = planner
+    app[HOOKS].subscribe(planner.on_change)
+    reconciler = app.get(RECONCILER)
+    if reconciler is not None:
+        reconciler.subscribe(planner.resync)
+    tasks = [asyncio.create_task(_gauge_loop(app, queue))]
+    if settings.retention.sweep_interval_seconds > 0:
+        tasks.append(asyncio.create_task(_sweep_loop(app, planner)))
+    if registry is not None:
+        worker = DeletionWorker(redis_client, keys, queue, planner, registry, app[INTENTS], app[AUDIT], metrics,
+                                settings.retention)
+        tasks.append(asyncio.create_task(worker.run()))
+    yield
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
