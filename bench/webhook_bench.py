@@ -157,6 +157,19 @@ def _machine_busy_seconds() -> float:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
+def wait_for_quiet(max_busy_cores: float, timeout: float, window: float = 2.0) -> float:
+    """Wait (up to ``timeout`` s) until the machine's busy cores over ``window`` s drop below
+    ``max_busy_cores``, so other users of a shared machine disturb the measurement less; returns the
+    last busy level seen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        before = _machine_busy_seconds()
+        time.sleep(window)
+        busy = (_machine_busy_seconds() - before) / window
+        if busy < max_busy_cores or time.monotonic() >= deadline:
+            return busy
+
+
 def _children_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -525,6 +538,11 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
             order = ["baseline", "consumer"] if round_no % 2 == 0 else ["consumer", "baseline"]
             for name in order:
                 run_no += 1
+                if args.quiet_wait > 0:
+                    busy = wait_for_quiet(args.quiet_below, args.quiet_wait)
+                    if busy >= args.quiet_below:
+                        print(f"machine still busy ({busy:.2f} cores) after {args.quiet_wait:g}s; measuring anyway",
+                              file=sys.stderr)
                 print(f"measuring {name} {args.duration:g}s ...", file=sys.stderr)
                 measurements.append(_measure(targets[name], round_no, run_no, template, token, args,
                                              redis_client, redis_pid, repository))
@@ -557,6 +575,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="wrk threads, at most 2 on 2 cores (default 2)")
     parser.add_argument("--rounds", type=int, default=1, help="measured runs per target; medians reported")
     parser.add_argument("--min-ratio", type=float, default=0.5, help="the bar for consumer/baseline (0.5)")
+    parser.add_argument("--quiet-below", type=float, default=0.3,
+                        help="before each measured run, wait until other load is below this many cores (0.3)")
+    parser.add_argument("--quiet-wait", type=float, default=60.0,
+                        help="seconds to wait for that at most, 0 = never wait (default 60)")
     parser.add_argument("--json", type=Path, default=None, help="also write every number to this file")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs) even on success")
     parser.add_argument("--profile", type=Path, default=None,
