@@ -26,6 +26,22 @@ OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 EPOCH_S = 1_790_000_000
 _ids = itertools.count()
 
+# The issue's scenario: 12 versions (two backports after 2.0.0) and 5 branch tags, latest on 2.0.0.
+SCENARIO = ["1.0.0", "1.1.0", "1.2.0", "main", "1.3.0", "1.4.0", "1.5.0", "release-1.x", "1.6.0", "1.7.0",
+            "develop", "1.8.0", "2.0.0", "latest", "feature-x", "1.9.0", "1.10.0", "release-2.x"]
+SCENARIO_POLICY: dict[str, Any] = {
+    "keep": [{"last_pushed": 3}, {"semver_latest": 5}, {"tags": ["release-*"]}],
+    "max_deletions_per_run": 50,
+}
+SCENARIO_RULES = {
+    "latest": "latest",
+    "release-2.x": "last_pushed:3", "1.10.0": "last_pushed:3", "1.9.0": "last_pushed:3",
+    "2.0.0": "semver_latest:5", "1.8.0": "semver_latest:5", "1.7.0": "semver_latest:5",
+    "release-1.x": "tags:release-*",
+    **{t: "no_keep_rule" for t in ["1.0.0", "1.1.0", "1.2.0", "1.3.0", "1.4.0", "1.5.0", "1.6.0", "main", "develop",
+                                   "feature-x"]},
+}
+
 
 def digest_of(name: str) -> str:
     """A stable, valid sha256 digest for an image name used in a test."""
