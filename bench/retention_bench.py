@@ -1,16 +1,17 @@
 """Retention's per-event cost at 1k and 100k tags: wall time and Redis commands per evaluated push.
 
-For each repository size it starts from an empty, private redis-server, fills one repository's tag index
-with that many tags (half of them versions, a few protected, ``latest``), lets the planner repair its sets
-once (a sweep, timed), then measures ``RetentionPlanner.evaluate`` for a stream of new pushes that each
-push a tag out of a count window (alternately a new highest version and a new branch tag), so every event
-finds a deletion at the boundary. Each event is indexed first (not timed, that is the webhook's work),
-then judged (timed); ``CONFIG RESETSTAT`` / ``INFO commandstats`` around the judgement counts every Redis
-command it caused, the ones run inside Lua scripts included. The full plan (``GET .../retention``) is
-timed too, for contrast: it is O(n).
+In a private redis-server it fills one repository's tag index per size with that many tags (half of them
+versions, a few protected, ``latest``), lets the planner build its sets once (a sweep, timed), then
+measures ``RetentionPlanner.evaluate`` for a stream of new pushes that each push a tag out of a count window
+(alternately a new highest version and a new branch tag), so every event finds a deletion at the boundary.
+Each event is indexed first (not timed: that is the webhook's work), then judged (timed).
+``CONFIG RESETSTAT`` / ``INFO commandstats`` around the judgement count every Redis command it caused, those
+run inside Lua scripts included, and the microseconds Redis spent in them. The sizes take turns event by
+event, so other load on the machine affects them alike. The full plan (``GET .../retention``, and the
+sweep) is timed too, for contrast: it is O(n).
 
-It checks the numbers mean what they say: every measured event planned exactly the deletions the full
-plan has for the tags it judged, and the repository really has the stated number of tags.
+It checks the numbers mean what they say: every 97th event's decisions are compared with the full plan,
+every event must plan a deletion, and each repository really has the stated number of tags.
 
     .venv/bin/python bench/retention_bench.py [--sizes 1000,100000] [--events 500] [--json out.json]
 """
@@ -60,6 +61,7 @@ class Result:
     mean_us: float
     p50_us: float
     p99_us: float
+    redis_us_mean: float
     commands_mean: float
     commands_max: int
     deletions_planned: int
@@ -91,45 +93,76 @@ async def populate(rig: Rig, size: int) -> None:
         raise SystemExit(f"populated {live} tags, wanted {size}")
 
 
-async def commands_run(redis: Redis) -> int:
+async def server_work(redis: Redis) -> tuple[int, int]:
+    """Commands run and microseconds Redis spent in them since the last CONFIG RESETSTAT (INFO/CONFIG excluded)."""
     stats = await redis.info("commandstats")
-    return sum(int(v["calls"]) for k, v in stats.items() if not k.startswith(("cmdstat_info", "cmdstat_config")))
+    mine = [v for k, v in stats.items() if not k.startswith(("cmdstat_info", "cmdstat_config"))]
+    return sum(int(v["calls"]) for v in mine), sum(int(v["usec"]) for v in mine)
 
 
-async def measure(redis: Redis, size: int, mode: str, events: int) -> Result:
-    await redis.flushall()
+@dataclass
+class Sample:
+    """One repository under measurement."""
+
+    rig: Rig
+    size: int
+    sweep_ms: float
+    durations: list[float]
+    server_us: list[int]
+    commands: list[int]
+    planned: int = 0
+
+
+async def prepare(redis: Redis, size: int, mode: str) -> Sample:
     rig = make_rig(redis, policy_set(POLICIES[mode]), tag_deletes=False, prefix=f"bench{size}")
     await populate(rig, size)
     started = time.perf_counter()
     await rig.planner.sweep_repository(REPO)  # builds the derived sets once, as the sweep after start-up does
-    sweep_ms = (time.perf_counter() - started) * 1000
-    durations: list[float] = []
-    commands: list[int] = []
-    planned = 0
-    clock = float(size + 10)
-    for k in range(events):
-        tag = f"2.0.{k}" if k % 2 == 0 else f"feature-{k}"
-        pushed = change(ChangeKind.TAG_PUSH, at_s=clock + k, tag=tag, digest=digest_of(f"new:{tag}"))
-        await rig.index.apply(pushed)
-        rig.clock.at_s = clock + k
-        await redis.config_resetstat()
-        started = time.perf_counter()
-        decisions = await rig.planner.evaluate(pushed)
-        durations.append((time.perf_counter() - started) * 1e6)
-        commands.append(await commands_run(redis))
-        planned += sum(1 for d in decisions if d.deletion is not None)
-        if k % 97 == 0:  # the per-event decisions are the full plan's, also at this size
-            plan = {d.tag: d for d in (await rig.planner.plan(REPO)).tags}  # type: ignore[union-attr]
-            if any(plan[d.tag] != d for d in decisions):
-                raise SystemExit(f"event {k}: per-event decisions differ from the full plan")
-    if planned < events:
-        raise SystemExit(f"only {planned} deletions planned for {events} events: the boundary was not exercised")
+    return Sample(rig, size, (time.perf_counter() - started) * 1000, [], [], [])
+
+
+async def judge_one(redis: Redis, sample: Sample, k: int) -> None:
+    """Index one new push (not timed), then time retention's judgement of it."""
+    clock = float(sample.size + 10 + k)
+    tag = f"2.0.{k}" if k % 2 == 0 else f"feature-{k}"
+    pushed = change(ChangeKind.TAG_PUSH, at_s=clock, tag=tag, digest=digest_of(f"new:{tag}"))
+    await sample.rig.index.apply(pushed)
+    sample.rig.clock.at_s = clock
+    await redis.config_resetstat()
     started = time.perf_counter()
-    await rig.planner.plan(REPO)
-    full_plan_ms = (time.perf_counter() - started) * 1000
-    quantiles = statistics.quantiles(durations, n=100)
-    return Result(size, mode, events, statistics.fmean(durations), statistics.median(durations), quantiles[98],
-                  statistics.fmean(commands), max(commands), planned, sweep_ms, full_plan_ms)
+    decisions = await sample.rig.planner.evaluate(pushed)
+    sample.durations.append((time.perf_counter() - started) * 1e6)
+    commands, usec = await server_work(redis)
+    sample.commands.append(commands)
+    sample.server_us.append(usec)
+    sample.planned += sum(1 for d in decisions if d.deletion is not None)
+    if k % 97 == 0:  # the per-event decisions are the full plan's, also at this size
+        plan = {d.tag: d for d in (await sample.rig.planner.plan(REPO)).tags}  # type: ignore[union-attr]
+        if any(plan[d.tag] != d for d in decisions):
+            raise SystemExit(f"{sample.size} tags, event {k}: per-event decisions differ from the full plan")
+
+
+async def measure(redis: Redis, sizes: list[int], mode: str, events: int) -> list[Result]:
+    """All sizes in one Redis, their events interleaved, so that other load on the machine hits them alike."""
+    await redis.flushall()
+    samples = [await prepare(redis, size, mode) for size in sizes]
+    for k in range(events):
+        for sample in samples:
+            await judge_one(redis, sample, k)
+    results = []
+    for sample in samples:
+        if sample.planned < events:
+            raise SystemExit(f"only {sample.planned} deletions planned for {events} events: boundary not exercised")
+        started = time.perf_counter()
+        await sample.rig.planner.plan(REPO)
+        full_plan_ms = (time.perf_counter() - started) * 1000
+        quantiles = statistics.quantiles(sample.durations, n=100)
+        results.append(Result(
+            sample.size, mode, events, statistics.fmean(sample.durations), statistics.median(sample.durations),
+            quantiles[98], statistics.fmean(sample.server_us), statistics.fmean(sample.commands),
+            max(sample.commands), sample.planned, sample.sweep_ms, full_plan_ms,
+        ))
+    return results
 
 
 def machine() -> dict[str, str]:
@@ -153,14 +186,13 @@ async def main(args: argparse.Namespace) -> tuple[dict[str, str], list[Result]]:
         async with Redis.from_url(server.url) as redis:
             info = machine() | {"redis_server": str((await redis.info("server"))["redis_version"])}
             print(" ".join(f"{k}={v}" for k, v in info.items()))
-            for size in args.sizes:
-                for mode in args.modes:
-                    result = await measure(redis, size, mode, args.events)
+            for mode in args.modes:
+                for result in await measure(redis, args.sizes, mode, args.events):
                     results.append(result)
-                    print(f"{size:>7} tags {mode:>8}: {result.mean_us:7.0f} us mean, {result.p50_us:7.0f} p50, "
-                          f"{result.p99_us:7.0f} p99, {result.commands_mean:5.1f} Redis commands/event "
-                          f"(max {result.commands_max}); sweep {result.sweep_ms:.0f} ms, "
-                          f"full plan {result.full_plan_ms:.0f} ms", flush=True)
+                    print(f"{result.tags:>7} tags {mode:>8}: {result.mean_us:6.0f} us mean, {result.p50_us:6.0f} p50, "
+                          f"{result.p99_us:6.0f} p99; Redis {result.redis_us_mean:4.0f} us, "
+                          f"{result.commands_mean:4.1f} commands/event (max {result.commands_max}); "
+                          f"sweep {result.sweep_ms:.0f} ms, full plan {result.full_plan_ms:.0f} ms", flush=True)
     return info, results
 
 

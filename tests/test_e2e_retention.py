@@ -8,7 +8,7 @@ digest only when no kept tag shares it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,29 +38,37 @@ def unexpected_total(metrics: Metrics) -> float:
                if s.name == "registry_consumer_unexpected_deletions_total")
 
 
-async def start(
+Stack = tuple[TestClient[Any, Any], RegistryServer, Metrics]
+
+
+@pytest.fixture
+def stack(
     aiohttp_client: Callable[..., Any],
     make_settings: Callable[..., Settings],
     make_token: Callable[..., str],
     registries: RegistryFleet,
-    metrics: Metrics,
-    retention: dict[str, Any],
-) -> tuple[TestClient[Any, Any], RegistryServer]:
-    registry = registries.start()
-    settings = make_settings(
-        registry={"url": registry.url, "backoff_seconds": 0.05},
-        reconcile={"interval_seconds": 0},
-        retention={"sweep_interval_seconds": 0, "max_deletions_per_second": 200, "retry_base_seconds": 0.1,
-                   "claim_idle_seconds": 5},
-        policies=[{"repositories": ["team/*"], "retention": retention}],
-    )
-    client = await aiohttp_client(create_app(settings, metrics=metrics))
-    # The registry must know where to notify: start it again on the same port and storage with the endpoint.
-    registry.stop()
-    registry.notifications = (NotificationEndpoint(str(client.make_url("/v1/events")),
-                                                   headers=bearer_headers(make_token(scope="events:write"))),)
-    registry.start()
-    return client, registry
+) -> Callable[[dict[str, Any]], Awaitable[Stack]]:
+    """Start a registry notifying a consumer whose policy for ``team/*`` has the given ``retention:``."""
+
+    async def start(retention: dict[str, Any]) -> Stack:
+        metrics = Metrics(process=False)
+        registry = registries.start()
+        settings = make_settings(
+            registry={"url": registry.url, "backoff_seconds": 0.05},
+            reconcile={"interval_seconds": 0},
+            retention={"sweep_interval_seconds": 0, "max_deletions_per_second": 200, "retry_base_seconds": 0.1,
+                       "claim_idle_seconds": 5},
+            policies=[{"repositories": ["team/*"], "retention": retention}],
+        )
+        client = await aiohttp_client(create_app(settings, metrics=metrics))
+        # The registry must know where to notify: start it again on the same port and storage with the endpoint.
+        registry.stop()
+        registry.notifications = (NotificationEndpoint(str(client.make_url("/v1/events")),
+                                                       headers=bearer_headers(make_token(scope="events:write"))),)
+        registry.start()
+        return client, registry, metrics
+
+    return start
 
 
 async def settle(client: TestClient[Any, Any], registry: RegistryServer) -> None:
@@ -90,16 +98,9 @@ async def push_scenario(registry: RegistryServer, layout: Path) -> dict[str, str
 
 
 async def test_enforced_retention_leaves_exactly_the_kept_tags(
-    aiohttp_client: Callable[..., Any],
-    make_settings: Callable[..., Settings],
-    make_token: Callable[..., str],
-    auth_headers: dict[str, str],
-    registries: RegistryFleet,
-    tmp_path: Path,
+    stack: Callable[[dict[str, Any]], Awaitable[Stack]], auth_headers: dict[str, str], tmp_path: Path
 ) -> None:
-    metrics = Metrics(process=False)
-    client, registry = await start(aiohttp_client, make_settings, make_token, registries, metrics,
-                                   {**SCENARIO_POLICY, "dry_run": False})
+    client, registry, metrics = await stack({**SCENARIO_POLICY, "dry_run": False})
     digests = await push_scenario(registry, tmp_path / "layout")
     await settle(client, registry)
 
@@ -124,16 +125,9 @@ async def test_enforced_retention_leaves_exactly_the_kept_tags(
 
 
 async def test_dry_run_deletes_nothing_and_names_the_deciding_rule(
-    aiohttp_client: Callable[..., Any],
-    make_settings: Callable[..., Settings],
-    make_token: Callable[..., str],
-    auth_headers: dict[str, str],
-    registries: RegistryFleet,
-    tmp_path: Path,
+    stack: Callable[[dict[str, Any]], Awaitable[Stack]], auth_headers: dict[str, str], tmp_path: Path
 ) -> None:
-    metrics = Metrics(process=False)
-    client, registry = await start(aiohttp_client, make_settings, make_token, registries, metrics,
-                                   {**SCENARIO_POLICY, "dry_run": True})
+    client, registry, metrics = await stack({**SCENARIO_POLICY, "dry_run": True})
     digests = await push_scenario(registry, tmp_path / "layout")
     await settle(client, registry)
     await client.app[RETENTION].sweep()  # a sweep does not count what was already planned
@@ -153,16 +147,9 @@ async def test_dry_run_deletes_nothing_and_names_the_deciding_rule(
 
 
 async def test_a_digest_shared_with_a_kept_tag_is_never_deleted_on_2x(
-    aiohttp_client: Callable[..., Any],
-    make_settings: Callable[..., Settings],
-    make_token: Callable[..., str],
-    auth_headers: dict[str, str],
-    registries: RegistryFleet,
-    tmp_path: Path,
+    stack: Callable[[dict[str, Any]], Awaitable[Stack]], auth_headers: dict[str, str], tmp_path: Path
 ) -> None:
-    metrics = Metrics(process=False)
-    client, registry = await start(aiohttp_client, make_settings, make_token, registries, metrics,
-                                   {"dry_run": False, "keep": [{"tags": ["keep-*"]}, {"last_pushed": 1}]})
+    client, registry, metrics = await stack({"dry_run": False, "keep": [{"tags": ["keep-*"]}, {"last_pushed": 1}]})
     layout = tmp_path / "layout"
     shared = await skopeo.push(oci.write_image(layout, "shared"), registry, REPO, "old")
     assert await skopeo.retag(registry, REPO, "old", "keep-me") == shared
