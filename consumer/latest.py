@@ -104,10 +104,8 @@ class LatestKeeper:
         await self.evaluate(change.repository, cause=change)
 
     async def resync(self, repository: str) -> None:
-        """After a repair of the index (reconciliation): rebuild the version index, then evaluate."""
-        policy = self._policies.policy_for(repository)
-        if policy is None or policy.latest is None:
-            return
+        """After a repair of the index (reconciliation): rebuild the version index (shared with retention,
+        and the repairs reached no listener), then evaluate."""
         await self._versions.rebuild(repository)
         await self.evaluate(repository)
 

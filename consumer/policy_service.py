@@ -118,9 +118,21 @@ def _subject_revoker(app: web.Application) -> SubjectRevoker:
     return revoke
 
 
-async def _reconcile_loop(app: web.Application, reconciler: Reconciler) -> None:
+async def _pause(stop: asyncio.Event, seconds: float) -> bool:
+    """Wait ``seconds`` or until ``stop`` is set; True while the loop should go on.
+
+    Loops are stopped by an event, not by cancelling them: redis-py can swallow a cancellation that lands
+    inside a command, and a loop that missed its cancellation would hold up shutdown forever.
+    """
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+    return not stop.is_set()
+
+
+async def _reconcile_loop(app: web.Application, reconciler: Reconciler, stop: asyncio.Event) -> None:
     settings = app[SETTINGS].reconcile
-    await asyncio.sleep(settings.initial_delay_seconds)
+    if not await _pause(stop, settings.initial_delay_seconds):
+        return
     while True:
         try:
             await reconciler.run()
@@ -130,24 +142,25 @@ async def _reconcile_loop(app: web.Application, reconciler: Reconciler) -> None:
             log.warning("reconciliation failed", extra={"error": str(exc)})
         except Exception:
             log.exception("reconciliation failed")
-        await asyncio.sleep(settings.interval_seconds)
+        if not await _pause(stop, settings.interval_seconds):
+            return
 
 
-async def _gauge_loop(app: web.Application, latest: LatestKeeper) -> None:
+async def _gauge_loop(app: web.Application, latest: LatestKeeper, stop: asyncio.Event) -> None:
     # Every replica reports the shared stale count, not only the one that evaluated last.
     while True:
         try:
             await latest.refresh_gauge()
         except _REDIS_DOWN:
             app[METRICS].redis_errors.inc()
-        await asyncio.sleep(app[SETTINGS].stats_interval_seconds)
+        if not await _pause(stop, app[SETTINGS].stats_interval_seconds):
+            return
 
 
-async def _stale_retry_loop(app: web.Application, latest: LatestKeeper) -> None:
+async def _stale_retry_loop(app: web.Application, latest: LatestKeeper, stop: asyncio.Event) -> None:
     # A fix that failed (registry down, credentials) is retried here, not only on the next event; and a
     # repository whose policy no longer manages latest is unmarked.
-    while True:
-        await asyncio.sleep(STALE_RETRY_SECONDS)
+    while await _pause(stop, STALE_RETRY_SECONDS):
         try:
             for repository in await latest.stale_repositories(STALE_RETRY_BATCH):
                 await latest.evaluate(repository)
@@ -178,18 +191,22 @@ async def policies_ctx(app: web.Application) -> AsyncIterator[None]:
         app[AUDIT], app[INTENTS], app[LATEST] = parts.audit, parts.intents, parts.latest
         app[HOOKS].subscribe(parts.watch.on_change)
         app[HOOKS].subscribe(parts.latest.on_change)
-        tasks = [
-            asyncio.create_task(_gauge_loop(app, parts.latest)),
-            asyncio.create_task(_stale_retry_loop(app, parts.latest)),
-        ]
+        stop = asyncio.Event()
+        tasks = {
+            asyncio.create_task(_gauge_loop(app, parts.latest, stop)),
+            asyncio.create_task(_stale_retry_loop(app, parts.latest, stop)),
+        }
         if parts.reconciler is not None:
             app[RECONCILER] = parts.reconciler
             if settings.reconcile.interval_seconds > 0:
-                tasks.append(asyncio.create_task(_reconcile_loop(app, parts.reconciler)))
+                tasks.add(asyncio.create_task(_reconcile_loop(app, parts.reconciler, stop)))
         yield
-        for task in tasks:
+        stop.set()
+        _, running = await asyncio.wait(tasks, timeout=settings.shutdown_timeout_seconds)
+        for task in running:  # a reconciliation still walking the registry
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if running:
+            await asyncio.wait(running, timeout=1.0)
         # Listeners may still be using the registry session: let them finish before it closes.
         await app[HOOKS].drain(settings.shutdown_timeout_seconds)
 
