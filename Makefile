@@ -49,17 +49,24 @@ clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
 # Secret files for docker-compose.yml, in ./secrets (git-ignored): the consumer's HS256 secret, the registry's
-# notification token minted with it, Grafana's admin password. Existing files are kept; delete one to
-# regenerate it. The directory is private; the files are world-readable because compose bind-mounts them
-# unchanged and the consumer container runs as uid 10001.
+# notification token and an index:read token minted with it, Grafana's admin password, and (scripts/
+# compose_secrets.py) the registry token server's key pair, JWKS, users' passwords and rendered config.
+# Existing files are kept; delete one to regenerate it. The directory is private; the files the consumer
+# container (uid 10001) reads are world-readable because compose bind-mounts them unchanged.
 .PHONY: secrets
 secrets: venv
 	@mkdir -p secrets && chmod 700 secrets
+	@$(BIN)/python scripts/compose_secrets.py secrets
 	@test -s secrets/consumer_jwt_secret || $(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(48))' > secrets/consumer_jwt_secret
 	@test -s secrets/grafana_admin_password || $(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(18))' > secrets/grafana_admin_password
 	@test -s secrets/registry_notify_token || { env -u REGISTRY_CONSUMER_JWT_SECRET -u REGISTRY_CONSUMER_CONFIG \
 	  REGISTRY_CONSUMER_JWT_SECRET_FILE=secrets/consumer_jwt_secret $(BIN)/registry-consumer \
 	  --config config/consumer.compose.yaml token mint --sub registry --scope events:write --ttl 365d \
 	  > secrets/registry_notify_token.tmp && mv secrets/registry_notify_token.tmp secrets/registry_notify_token; }
+	@test -s secrets/consumer_admin_token || { env -u REGISTRY_CONSUMER_JWT_SECRET -u REGISTRY_CONSUMER_CONFIG \
+	  REGISTRY_CONSUMER_JWT_SECRET_FILE=secrets/consumer_jwt_secret $(BIN)/registry-consumer \
+	  --config config/consumer.compose.yaml token mint --sub operator --scope index:read --ttl 30d \
+	  > secrets/consumer_admin_token.tmp && mv secrets/consumer_admin_token.tmp secrets/consumer_admin_token; }
 	@chmod 644 secrets/consumer_jwt_secret secrets/grafana_admin_password secrets/registry_notify_token
+	@chmod 600 secrets/consumer_admin_token
 	@echo "secrets ready in ./secrets (docker compose up -d)"

@@ -31,6 +31,7 @@ from consumer.tokens import mint
 from tests.conftest import JWT_SECRET, ConsumerProcess
 from tests.support import oci, skopeo
 from tests.support.procs import LOOPBACK, ManagedProcess, free_port, wait_for_port
+from tests.support.registry import TokenIssuer, repository_access
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -39,7 +40,9 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 REGISTRY_CONFIG = ROOT / "config" / "registry" / "config.yml"
 REGISTRY_ENTRYPOINT = ROOT / "config" / "registry" / "entrypoint.sh"
 PLACEHOLDER = "@@REGISTRY_NOTIFY_TOKEN@@"
-EXPECTED_SERVICES = {"registry", "redis", "consumer", "nginx", "prometheus", "grafana"}
+EXPECTED_SERVICES = {"registry", "redis", "consumer", "nginx", "prometheus", "grafana", "token-server"}
+DOCKER_AUTH_TEMPLATE = ROOT / "config" / "docker_auth" / "auth_config.yml"
+CONSUMER_COMPOSE_CONFIG = ROOT / "config" / "consumer.compose.yaml"
 
 
 def docker_compose() -> str:
@@ -109,7 +112,10 @@ def test_every_bind_mount_exists_in_the_repository(resolved: dict[str, Any]) -> 
 
 def test_secrets_come_from_files_never_inline(resolved: dict[str, Any]) -> None:
     declared = resolved["secrets"]
-    assert set(declared) == {"registry_notify_token", "consumer_jwt_secret", "grafana_admin_password"}
+    assert set(declared) == {
+        "registry_notify_token", "consumer_jwt_secret", "grafana_admin_password", "registry_token_key",
+        "registry_token_cert", "registry_token_jwks", "registry_consumer_password", "docker_auth_config",
+    }
     for name, secret in declared.items():
         assert Path(secret["file"]) == ROOT / "secrets" / name
     for name, service in resolved["services"].items():
@@ -341,7 +347,12 @@ async def test_registry_started_by_the_entrypoint_authenticates_to_the_real_cons
         REGISTRY_CONFIG.read_text().replace("http://consumer:8080/v1/events", f"{consumer_process.url}/v1/events")
     )
     port, debug_port = free_port(), free_port()
+    # The compose config turns token auth on; a key of the test's own stands in for the token server's
+    # (2.8 finds it by libtrust key ID, distribution 3 by JWK thumbprint: see test_token_server_*).
+    auth = yaml.safe_load(REGISTRY_CONFIG.read_text())["auth"]["token"]
+    issuer = TokenIssuer(tmp_path / "token", issuer=auth["issuer"], service=auth["service"], algorithm="RS256")
     env = {
+        "REGISTRY_AUTH_TOKEN_ROOTCERTBUNDLE": str(issuer.cert_path),
         "PATH": os.environ["PATH"],
         "REGISTRY_CONFIG_TEMPLATE": str(template),
         "REGISTRY_CONFIG_RENDERED": str(tmp_path / "run" / "config.yml"),
@@ -357,7 +368,9 @@ async def test_registry_started_by_the_entrypoint_authenticates_to_the_real_cons
     with registry:
         wait_for_port(LOOPBACK, port, timeout=20, process=registry)
         image = oci.write_image(tmp_path / "layout", "v1")
-        await skopeo.copy(image.transport_ref, f"docker://{LOOPBACK}:{port}/team/app:v1", preserve_digests=True)
+        push_token = issuer.mint([repository_access("team/app")], subject="ci-bot")
+        await skopeo.copy(image.transport_ref, f"docker://{LOOPBACK}:{port}/team/app:v1", preserve_digests=True,
+                          dest_auth=skopeo.Auth(token=push_token))
         tags = wait_for_index(consumer_process, "team/app")
     assert "v1" in tags, registry.log_tail()
     metrics = scrape(consumer_process.url + "/metrics")
@@ -498,3 +511,150 @@ def test_healthcheck_fails_on_a_consumer_without_redis(tmp_path: Path) -> None:
         result = run_healthcheck(f"0.0.0.0:{port}")
     assert result.returncode != 0
     assert "503" in result.stderr
+
+
+# --- the token server (docker_auth), its secrets, and the consumer's forward-auth ----------------------------
+
+
+def compose_secrets() -> Any:
+    """scripts/compose_secrets.py, what ``make secrets`` runs for the token server."""
+    from scripts import compose_secrets as module
+
+    return module
+
+
+def test_jwk_thumbprint_is_rfc_7638() -> None:
+    """RFC 7638 section 3.1: the example RSA key and its thumbprint."""
+    n = (
+        "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMs"
+        "tn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5h"
+        "ajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw"
+    )
+    jwk = {"kty": "RSA", "n": n, "e": "AQAB", "alg": "RS256", "kid": "2011-04-29"}
+    assert compose_secrets().jwk_thumbprint(jwk) == "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+
+
+def test_make_secrets_script_writes_a_consistent_set_and_keeps_it(tmp_path: Path) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    module = compose_secrets()
+    directory = tmp_path / "secrets"
+    written = module.ensure(directory)
+    assert set(written) == {"registry_token_key", "registry_token_cert", "registry_token_jwks",
+                            "registry_admin_password", "registry_consumer_password", "docker_auth_config"}
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    assert stat.S_IMODE((directory / "registry_token_key").stat().st_mode) == 0o600
+    key = serialization.load_pem_private_key((directory / "registry_token_key").read_bytes(), password=None)
+    cert = x509.load_pem_x509_certificate((directory / "registry_token_cert").read_bytes())
+    assert cert.public_key() == key.public_key()
+    (jwk,) = json.loads((directory / "registry_token_jwks").read_text())["keys"]
+    assert jwk["kid"] == module.jwk_thumbprint(module.rsa_public_jwk(cert.public_key()))
+    assert (jwk["alg"], "d" in jwk) == ("RS256", False)
+
+    config = yaml.safe_load((directory / "docker_auth_config").read_text())
+    for user, file in (("admin", "registry_admin_password"), ("registry-consumer", "registry_consumer_password")):
+        hashed = config["users"][user]["password"]
+        password = (directory / file).read_text().strip()
+        assert hashed.startswith("$2y$") and password not in hashed
+        salt = hashed[:29]  # "$2y$10$" + 22 characters
+        assert bcrypt_hash_with_salt(password, salt) == hashed, user
+    assert "@@" not in yaml.safe_dump(config)
+
+    before = {p.name: p.read_bytes() for p in directory.iterdir()}
+    assert module.ensure(directory) == []
+    assert {p.name: p.read_bytes() for p in directory.iterdir()} == before
+
+
+def bcrypt_hash_with_salt(password: str, salt: str) -> str:
+    """crypt(3) with a given bcrypt salt: how docker_auth will check the password against the hash."""
+    import ctypes
+
+    lib = ctypes.CDLL("libcrypt.so.1")
+    lib.crypt.restype = ctypes.c_char_p
+    lib.crypt.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+    result = lib.crypt(password.encode(), salt.encode())
+    assert result, "libcrypt refused the salt"
+    return str(result.decode())
+
+
+def test_token_server_is_wired_to_the_registry_and_the_consumer(resolved: dict[str, Any]) -> None:
+    services = resolved["services"]
+    token_server = services["token-server"]
+    template = yaml.safe_load(DOCKER_AUTH_TEMPLATE.read_text())
+    registry_auth = yaml.safe_load(REGISTRY_CONFIG.read_text())["auth"]["token"]
+    consumer_auth = yaml.safe_load(CONSUMER_COMPOSE_CONFIG.read_text())["registry_auth"]
+
+    image, _, version = token_server["image"].partition(":")
+    assert image == "cesanta/docker_auth"
+    assert tuple(int(p) for p in version.split(".")) >= (1, 14, 0), "disable_legacy_key_id needs docker_auth 1.14"
+    assert template["token"]["disable_legacy_key_id"] is True
+    # One issuer, one service, one realm everywhere.
+    assert template["token"]["issuer"] == registry_auth["issuer"] == consumer_auth["issuer"]
+    assert registry_auth["service"] == consumer_auth["service"]
+    assert registry_auth["realm"] == consumer_auth["realm"]
+    realm = consumer_auth["realm"]
+    assert realm.startswith(f"http://{LOOPBACK}:") and realm.endswith("/auth")
+    realm_port = int(realm.split(":")[2].split("/")[0])
+    # The realm is reachable from the host (published on the consumer, whose namespace the token server
+    # shares) and from the consumer itself (same namespace).
+    assert token_server["network_mode"] == "service:consumer"
+    assert int(template["server"]["addr"].rpartition(":")[2]) == realm_port
+    assert (LOOPBACK, realm_port, realm_port) in published(services["consumer"])
+    # Keys: the token server signs with the key, the registry trusts the certificate, the consumer the JWKS.
+    mounted = {ref["source"]: ref.get("target", f"/run/secrets/{ref['source']}") for ref in token_server["secrets"]}
+    assert template["token"]["key"] == "/run/secrets/registry_token_key" and "registry_token_key" in mounted
+    assert template["token"]["certificate"] == "/run/secrets/registry_token_cert"
+    assert token_server["command"][-1] == "/run/secrets/docker_auth_config" and "docker_auth_config" in mounted
+    assert registry_auth["rootcertbundle"] == "/run/secrets/registry_token_cert"
+    assert any(ref["source"] == "registry_token_cert" for ref in services["registry"]["secrets"])
+    consumer_secrets = {ref["source"] for ref in services["consumer"]["secrets"]}
+    assert consumer_auth["jwks_file"] == "/run/secrets/registry_token_jwks"
+    assert {"registry_token_jwks", "registry_consumer_password"} <= consumer_secrets
+    consumer_registry = yaml.safe_load(CONSUMER_COMPOSE_CONFIG.read_text())["registry"]
+    assert consumer_registry["username"] in template["users"]
+    assert consumer_registry["password_file"] == "/run/secrets/registry_consumer_password"
+    # Every user has an ACL entry; the template's hashes are placeholders, filled by make secrets.
+    assert {entry["match"]["account"] for entry in template["acl"]} == set(template["users"])
+    assert all(user["password"].startswith("@@") for user in template["users"].values())
+
+
+async def test_forward_auth_accepts_what_docker_auth_signs_and_refuses_the_rest(
+    tmp_path: Path, aiohttp_client: Any, make_settings: Any
+) -> None:
+    """The consumer with the compose registry_auth and the secrets make secrets writes: a token signed the way
+    docker_auth 1.14 signs with disable_legacy_key_id (RS256, kid = JWK thumbprint) passes GET /v1/auth; a
+    libtrust kid, another key, or no token do not."""
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from consumer.app import create_app
+
+    module = compose_secrets()
+    directory = tmp_path / "secrets"
+    module.ensure(directory)
+    section = yaml.safe_load(CONSUMER_COMPOSE_CONFIG.read_text())["registry_auth"]
+    section["jwks_file"] = str(directory / "registry_token_jwks")
+    client = await aiohttp_client(create_app(make_settings(registry_auth=section)))
+    key_pem = (directory / "registry_token_key").read_bytes()
+    (jwk,) = json.loads((directory / "registry_token_jwks").read_text())["keys"]
+    now = int(time.time())
+    claims = {"iss": section["issuer"], "sub": "admin", "aud": section["service"], "iat": now, "nbf": now,
+              "exp": now + 900, "jti": "j1", "access": [{"type": "repository", "name": "team/app", "actions": ["pull"]}]}
+    request = {"X-Original-URI": "/v2/team/app/manifests/1.0", "X-Original-Method": "GET"}
+
+    async def status(token: str | None) -> tuple[int, str]:
+        headers = {**request, **({"Authorization": f"Bearer {token}"} if token else {})}
+        resp = await client.get("/v1/auth", headers=headers)
+        return resp.status, resp.headers.get("WWW-Authenticate", "")
+
+    docker_auth_token = jwt.encode(claims, key_pem, algorithm="RS256", headers={"kid": jwk["kid"]})
+    assert (await status(docker_auth_token))[0] == 200
+    code, challenge = await status(None)
+    assert code == 401 and f'realm="{section["realm"]}"' in challenge and f'service="{section["service"]}"' in challenge
+    legacy_kid = TokenIssuer(tmp_path / "other", issuer=section["issuer"], service=section["service"],
+                             algorithm="RS256").mint([repository_access("team/app", ["pull"])])
+    assert (await status(legacy_kid))[0] == 401
+    other_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    forged = jwt.encode(claims, other_key, algorithm="RS256", headers={"kid": jwk["kid"]})
+    assert (await status(forged))[0] == 401
