@@ -106,7 +106,8 @@ def build_parts(
 
 def _subject_revoker(app: web.Application) -> SubjectRevoker:
     async def revoke(subject: str) -> int | None:
-        # The revocation list belongs to the token feature (its own cleanup context): looked up when needed.
+        # INTEGRATION POINT (token feature): the revocation list has its own cleanup context and app key; it is
+        # imported here, not at the top, only until consumer.appkeys.REVOCATIONS is committed with it.
         from consumer.appkeys import REVOCATIONS
 
         store = app.get(REVOCATIONS)
