@@ -83,6 +83,8 @@ log = logging.getLogger(__name__)
 NO_KEEP_RULE = "no_keep_rule"
 # Counted tags looked at below each count window's boundary on each event.
 BOUNDARY_SLACK = 4
+# Boundaries are read in one page when at most this many live tags are protected (else searched for).
+_PAGE_PROTECTED = 16
 INDEX_MEDIA_TYPES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
 _REFERRER_TAG = re.compile(r"^(sha256|sha512)-([0-9a-f]{64}|[0-9a-f]{128})(?:\.[\w.-]+)?$")
 _US = 1_000_000
@@ -420,29 +422,28 @@ class RetentionPlanner:
         if policy is None or change.kind in (ChangeKind.PULL, ChangeKind.IGNORED):
             return []
         repository = change.repository
-        await self._track(change, policy)
+        fingerprint = await self._track(change, policy)
         if change.kind is ChangeKind.MANIFEST_PUSH:
             return []
-        await self._ensure_protected(repository, policy)
+        await self._ensure_protected(repository, policy, fingerprint)
         names: set[str] = set()
         if change.kind is ChangeKind.TAG_PUSH and change.tag:
             names.add(change.tag)
         pushed_counted = change.tag is not None and not policy.is_protected(change.tag)
         is_version = change.tag is not None and version_member(change.tag) is not None
-        for rule in policy.keep:
-            # A push moves the windows down by one; a delete up by one (tags come back in: records).
-            if isinstance(rule, KeepLastPushed) and (pushed_counted or change.kind is not ChangeKind.TAG_PUSH):
-                names.update(await self._push_boundary(repository, policy, rule.last_pushed))
-            if isinstance(rule, KeepSemverLatest) and (
-                (pushed_counted and is_version) or change.kind is not ChangeKind.TAG_PUSH
-            ):
-                names.update(await self._version_boundary(repository, policy, rule.semver_latest))
+        # A push moves the windows down by one; a delete up by one (tags come back in: records).
+        moved = change.kind is not ChangeKind.TAG_PUSH or pushed_counted
+        push_ns = [r.last_pushed for r in policy.keep if isinstance(r, KeepLastPushed) and moved]
+        version_ns = [r.semver_latest for r in policy.keep if isinstance(r, KeepSemverLatest)
+                      and (change.kind is not ChangeKind.TAG_PUSH or (pushed_counted and is_version))]
+        names |= await self._boundaries(repository, policy, push_ns, version_ns)
         decisions = await self._decide(repository, policy, sorted(names))
         await self._act(repository, policy, decisions, [])
         return decisions
 
-    async def _track(self, change: Change, policy: RetentionPolicy) -> None:
-        """Keep the derived sets up to date with this event (before anything reads them)."""
+    async def _track(self, change: Change, policy: RetentionPolicy) -> str | None:
+        """Keep the derived sets up to date with this event (before anything reads them); returns the
+        fingerprint of the protected patterns the protected sets were built for."""
         repo = self._keys.repo(change.repository)
         if change.tag:
             tags = [change.tag]
@@ -453,20 +454,20 @@ class RetentionPlanner:
         if tags:
             await self._versions.sync(change.repository, tags)
             await self._sync_protected(change.repository, policy, tags)
-        if change.kind in (ChangeKind.TAG_DELETE, ChangeKind.DIGEST_DELETE):
-            # Planned (dry run) and now gone: no longer in the plan.
-            await self._redis.hdel(repo.retention_dry_run, *[f"t:{t}" for t in tags], f"m:{change.digest or ''}")
-            return
-        if not change.digest:
-            return
         async with self._redis.pipeline(transaction=False) as pipe:
-            if change.references and lists_children(change.media_type):
-                pipe.zadd(repo.parents, {f"{child} {change.digest}": 0 for child in change.references})
-            if change.kind is ChangeKind.TAG_PUSH:
-                pipe.zrem(repo.untagged_since, change.digest)
-            else:
-                pipe.zadd(repo.untagged_since, {change.digest: change.timestamp_us}, nx=True)
-            await pipe.execute()
+            pipe.hget(repo.retention_meta, "protected")
+            if change.kind in (ChangeKind.TAG_DELETE, ChangeKind.DIGEST_DELETE):
+                # Planned (dry run) and now gone: no longer in the plan.
+                pipe.hdel(repo.retention_dry_run, *[f"t:{t}" for t in tags], f"m:{change.digest or ''}")
+            elif change.digest:
+                if change.references and lists_children(change.media_type):
+                    pipe.zadd(repo.parents, {f"{child} {change.digest}": 0 for child in change.references})
+                if change.kind is ChangeKind.TAG_PUSH:
+                    pipe.zrem(repo.untagged_since, change.digest)
+                else:
+                    pipe.zadd(repo.untagged_since, {change.digest: change.timestamp_us}, nx=True)
+            fingerprint, *_ = await pipe.execute()
+        return None if fingerprint is None else text(fingerprint)
 
     async def _sync_protected(self, repository: str, policy: RetentionPolicy, tags: Iterable[str]) -> None:
         repo = self._keys.repo(repository)
@@ -479,12 +480,16 @@ class RetentionPlanner:
                 args=args[start : start + 1500],
             )
 
-    async def _ensure_protected(self, repository: str, policy: RetentionPolicy) -> None:
-        """Rebuild the protected sets when the policy's protected patterns changed (O(n), once)."""
+    async def _ensure_protected(self, repository: str, policy: RetentionPolicy, current: str | None = "?") -> None:
+        """Rebuild the protected sets when the policy's protected patterns changed (O(n), once).
+
+        ``current``: the fingerprint the sets have, when the caller has read it already."""
         repo = self._keys.repo(repository)
         fingerprint = protected_fingerprint(policy)
-        current = await self._redis.hget(repo.retention_meta, "protected")
-        if current is not None and text(current) == fingerprint:
+        if current == "?":
+            raw = await self._redis.hget(repo.retention_meta, "protected")
+            current = None if raw is None else text(raw)
+        if current == fingerprint:
             return
         await self._rebuild_protected(repository, policy)
         await self._redis.hset(repo.retention_meta, "protected", fingerprint)
@@ -511,6 +516,57 @@ class RetentionPlanner:
             # Equal scores: ZREVRANGE puts the greater name first.
             counts.append(int(replies[2 * i]) + sum(1 for t in ties if t.encode() > tag.encode()))
         return counts
+
+    async def _boundaries(
+        self, repository: str, policy: RetentionPolicy, push_ns: Sequence[int], version_ns: Sequence[int]
+    ) -> set[str]:
+        """The counted tags just below each count window: push ranks [n, n + BOUNDARY_SLACK) for each n in
+        ``push_ns``, version ranks likewise for ``version_ns``.
+
+        Usually two round trips for all windows: a page from absolute rank n that is long enough to hold the
+        boundary whatever the protected tags above it, then the number of protected tags above the page. The
+        search of ``_push_boundary``/``_version_boundary`` takes over when many tags are protected.
+        """
+        if not push_ns and not version_ns:
+            return set()
+        repo = self._keys.repo(repository)
+        width = BOUNDARY_SLACK + _PAGE_PROTECTED
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(repo.retention_protected)
+            for n in push_ns:
+                pipe.zrevrange(repo.tags, n, n + width - 1, withscores=True)
+            for n in version_ns:
+                pipe.zrevrange(repo.versions, n, n + width - 1)
+            protected, *pages = await pipe.execute()
+        if int(protected) > _PAGE_PROTECTED:
+            found: set[str] = set()
+            for n in push_ns:
+                found.update(await self._push_boundary(repository, policy, n))
+            for n in version_ns:
+                found.update(await self._version_boundary(repository, policy, n))
+            return found
+        push_pages = [[(text(t), int(score)) for t, score in page] for page in pages[: len(push_ns)]]
+        version_pages = [[text(m) for m in page] for page in pages[len(push_ns) :]]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for page in push_pages:
+                if page:
+                    pipe.zcount(repo.retention_protected, f"({page[0][1]}", "+inf")
+                    pipe.zrangebyscore(repo.retention_protected, page[0][1], page[0][1])
+            for members in version_pages:
+                if members:
+                    pipe.zlexcount(repo.retention_protected_versions, f"({members[0]}", "+")
+            replies = iter(await pipe.execute())
+        found = set()
+        for n, page in zip(push_ns, push_pages, strict=True):
+            if page:
+                above = int(next(replies))
+                first = page[0][0].encode()
+                above += sum(1 for t in next(replies) if text(t).encode() > first)
+                found.update(_counted_window(n, n - above, [tag for tag, _ in page], policy))
+        for n, members in zip(version_ns, version_pages, strict=True):
+            if members:
+                found.update(_counted_window(n, n - int(next(replies)), [member_tag(m) for m in members], policy))
+        return found
 
     async def _push_boundary(self, repository: str, policy: RetentionPolicy, n: int) -> list[str]:
         """The counted tags at push ranks [n, n + BOUNDARY_SLACK)."""
@@ -657,6 +713,8 @@ class RetentionPlanner:
         if policy.dry_run or self._tag_deletes is None:
             await self._record_dry_run(repository, deletions, kept, full=full)
             return []
+        if full:  # planned under an earlier dry run: that plan is over
+            await self._redis.delete(self._keys.repo(repository).retention_dry_run)
         queued = await self._queue.enqueue(repository, deletions, policy.max_deletions_per_run)
         for deletion in queued:
             log.info("retention deletion queued", extra={"repository": repository, "claim": deletion.claim,
@@ -845,6 +903,20 @@ class RetentionPlanner:
         repo = self._keys.repo(repository)
         await self._redis.hset(repo.subjects, digest, subject)
         return bool(subject) and await self._redis.zscore(repo.manifests, subject) is not None
+
+
+def _counted_window(n: int, first_rank: int, page: Sequence[str], policy: RetentionPolicy) -> list[str]:
+    """The counted tags of ``page`` at counted ranks [n, n + BOUNDARY_SLACK), given the counted rank the
+    first counted tag of the page has."""
+    rank = first_rank
+    window = []
+    for tag in page:
+        if policy.is_protected(tag):
+            continue
+        if n <= rank < n + BOUNDARY_SLACK:
+            window.append(tag)
+        rank += 1
+    return window
 
 
 async def _boundary(

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
 
 from consumer.app import create_app
@@ -270,19 +271,34 @@ async def test_the_tag_pushed_out_is_judged_on_the_push_itself(redis_client: Red
     assert await queued() == ["a", "b", "c", "d", "1.0.0"]
 
 
-async def test_boundary_search_with_many_protected_tags_above_it(redis_client: Redis) -> None:
-    rig = make_rig(redis_client, policy_set({"dry_run": False, "keep": [{"last_pushed": 5}], "protected": ["p*"]}))
-    for second, tag in enumerate(["a", "b", "c", "d", "e", "f", "p1", "p2", "p3", "p4"], 1):
+@pytest.mark.parametrize("protected", [4, 40])  # read in one page; searched for (more than _PAGE_PROTECTED)
+async def test_boundaries_with_protected_tags_above_them(redis_client: Redis, protected: int) -> None:
+    rig = make_rig(redis_client, policy_set({"dry_run": False, "keep": [{"last_pushed": 5}, {"semver_latest": 2}],
+                                             "protected": ["p*", "^9\\."]}))
+    order = ["a", "b", "c", "d", "e", "f", *(f"p{i}" for i in range(protected)), "1.0.0", "2.0.0", "3.0.0",
+             *(f"9.0.{i}" for i in range(protected))]
+    for second, tag in enumerate(order, 1):
         await rig.push(tag, digest_of(tag), second)
-    decisions = await rig.push("x", digest_of("x"), 20)  # counted: x f e d c | b is pushed out
-    assert {d.tag for d in decisions if d.deletion is not None} == {"a", "b"}
+    decisions = await rig.push("x", digest_of("x"), 1000)  # counted: x 3.0.0 2.0.0 1.0.0 f | e is pushed out
+    assert {d.tag for d in decisions if d.deletion is not None} == {"e", "d", "c", "b"}  # BOUNDARY_SLACK of them
+    # A new highest version: f leaves last_pushed; 2.0.0 and 1.0.0 leave semver_latest (last_pushed keeps them).
+    decisions = await rig.push("4.0.0", digest_of("4.0.0"), 1001)
+    assert {d.tag: d.rule for d in decisions} == {
+        "4.0.0": "last_pushed:5", "2.0.0": "last_pushed:5", "1.0.0": "last_pushed:5",
+        "f": "no_keep_rule", "e": "no_keep_rule", "d": "no_keep_rule", "c": "no_keep_rule"}
+    await assert_agrees_with_full_plan(rig, decisions)
 
 
 async def test_a_protected_tag_with_the_same_push_time_ranks_by_name(redis_client: Redis) -> None:
-    rig = make_rig(redis_client, policy_set({"dry_run": False, "keep": [{"last_pushed": 1}], "protected": ["p*"]}))
+    policies = policy_set({"dry_run": False, "keep": [{"last_pushed": 1}], "protected": ["p*"]})
+    rig = make_rig(redis_client, policies)
+    await rig.push("a", digest_of("a"), 0)
     await rig.push("prod", digest_of("prod"), 1)
     decisions = await rig.push("d", digest_of("d"), 1)  # prod ranks above d (same clock, greater name)
-    assert [(d.tag, d.keep, d.rule) for d in decisions] == [("d", True, "last_pushed:1")]
+    assert [(d.tag, d.keep, d.rule) for d in decisions] == [("a", False, "no_keep_rule"), ("d", True, "last_pushed:1")]
+    policy = policies.policy_for(REPO).retention  # type: ignore[union-attr]
+    assert policy is not None
+    assert await rig.planner._boundaries(REPO, policy, [1], []) == {"a"}  # d is counted first, though second
 
 
 async def test_the_service_plans_on_events_and_the_api_shows_every_tag(

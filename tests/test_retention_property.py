@@ -31,7 +31,7 @@ from consumer.policy import (
     RetentionPolicy,
     matches_any,
 )
-from consumer.retention import lists_children
+from consumer.retention import BOUNDARY_SLACK, counted_orders, lists_children
 from consumer.semver import parse
 from tests.support.retention import OCI_INDEX, REPO, Rig, change, digest_of, make_rig, policy_set
 
@@ -150,6 +150,12 @@ async def check_plan(rig: Rig, policy: RetentionPolicy, decisions: list[Any]) ->
     full = {d.tag: d for d in plan.tags}
     for decision in decisions:
         assert full[decision.tag] == decision, (decision, full.get(decision.tag))
+    # The per-event boundary search finds exactly the counted tags below each window's edge.
+    push_rank, version_rank = counted_orders(policy, await rig.index.list_tags(REPO))
+    for n in (1, 2, 3):
+        for ranks, args in ((push_rank, ([n], [])), (version_rank, ([], [n]))):
+            expected = {tag for tag, rank in ranks.items() if n <= rank < n + BOUNDARY_SLACK}
+            assert await rig.planner._boundaries(REPO, policy, *args) == expected, (n, args)
 
 
 async def play(rig: Rig, policy: RetentionPolicy, ops: list[tuple[str, str | None, str | None, int]]) -> None:
