@@ -52,8 +52,10 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from consumer.deleter import Action, Deletion, DeletionQueue
 from consumer.durations import format_duration_seconds
@@ -425,7 +427,7 @@ class RetentionPlanner:
         fingerprint = await self._track(change, policy)
         if change.kind is ChangeKind.MANIFEST_PUSH:
             return []
-        await self._ensure_protected(repository, policy, fingerprint)
+        await self._protected_for(repository, policy, fingerprint)
         names: set[str] = set()
         if change.kind is ChangeKind.TAG_PUSH and change.tag:
             names.add(change.tag)
@@ -480,19 +482,18 @@ class RetentionPlanner:
                 args=args[start : start + 1500],
             )
 
-    async def _ensure_protected(self, repository: str, policy: RetentionPolicy, current: str | None = "?") -> None:
-        """Rebuild the protected sets when the policy's protected patterns changed (O(n), once).
+    async def _ensure_protected(self, repository: str, policy: RetentionPolicy) -> None:
+        """Rebuild the protected sets when the policy's protected patterns changed (O(n), once)."""
+        raw = await self._redis.hget(self._keys.repo(repository).retention_meta, "protected")
+        await self._protected_for(repository, policy, None if raw is None else text(raw))
 
-        ``current``: the fingerprint the sets have, when the caller has read it already."""
-        repo = self._keys.repo(repository)
+    async def _protected_for(self, repository: str, policy: RetentionPolicy, built_for: str | None) -> None:
+        """``_ensure_protected`` when the fingerprint the sets were built for has been read already."""
         fingerprint = protected_fingerprint(policy)
-        if current == "?":
-            raw = await self._redis.hget(repo.retention_meta, "protected")
-            current = None if raw is None else text(raw)
-        if current == fingerprint:
+        if built_for == fingerprint:
             return
         await self._rebuild_protected(repository, policy)
-        await self._redis.hset(repo.retention_meta, "protected", fingerprint)
+        await self._redis.hset(self._keys.repo(repository).retention_meta, "protected", fingerprint)
 
     async def _rebuild_protected(self, repository: str, policy: RetentionPolicy) -> None:
         repo = self._keys.repo(repository)
@@ -503,19 +504,17 @@ class RetentionPlanner:
         names = {text(t) for t in live if policy.is_protected(text(t))} | {text(t) for t in present}
         await self._sync_protected(repository, policy, sorted(names))
 
-    async def _protected_above_push(self, repo: RepoKeys, scored: Sequence[tuple[str, int]]) -> list[int]:
-        """For each (tag, push score): how many protected tags the tags ZSET orders above it."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for _, score in scored:
-                pipe.zcount(repo.retention_protected, f"({score}", "+inf")
-                pipe.zrangebyscore(repo.retention_protected, score, score)
-            replies = await pipe.execute()
-        counts = []
-        for i, (tag, _) in enumerate(scored):
-            ties = [text(t) for t in replies[2 * i + 1]]
-            # Equal scores: ZREVRANGE puts the greater name first.
-            counts.append(int(replies[2 * i]) + sum(1 for t in ties if t.encode() > tag.encode()))
-        return counts
+    @staticmethod
+    def _queue_protected_above(pipe: Pipeline, repo: RepoKeys, score: int) -> None:
+        """Queue the two reads ``_protected_above`` needs for a tag pushed at ``score``."""
+        pipe.zcount(repo.retention_protected, f"({score}", "+inf")
+        pipe.zrangebyscore(repo.retention_protected, score, score)
+
+    @staticmethod
+    def _protected_above(tag: str, count: Any, ties: Any) -> int:
+        """How many protected tags the tags ZSET orders above ``tag``: those pushed later, and those pushed
+        at the same time with a greater name (ZREVRANGE's order for equal scores)."""
+        return int(count) + sum(1 for t in ties if text(t).encode() > tag.encode())
 
     async def _boundaries(
         self, repository: str, policy: RetentionPolicy, push_ns: Sequence[int], version_ns: Sequence[int]
@@ -550,8 +549,7 @@ class RetentionPlanner:
         async with self._redis.pipeline(transaction=False) as pipe:
             for page in push_pages:
                 if page:
-                    pipe.zcount(repo.retention_protected, f"({page[0][1]}", "+inf")
-                    pipe.zrangebyscore(repo.retention_protected, page[0][1], page[0][1])
+                    self._queue_protected_above(pipe, repo, page[0][1])
             for members in version_pages:
                 if members:
                     pipe.zlexcount(repo.retention_protected_versions, f"({members[0]}", "+")
@@ -559,9 +557,7 @@ class RetentionPlanner:
         found = set()
         for n, page in zip(push_ns, push_pages, strict=True):
             if page:
-                above = int(next(replies))
-                first = page[0][0].encode()
-                above += sum(1 for t in next(replies) if text(t).encode() > first)
+                above = self._protected_above(page[0][0], next(replies), next(replies))
                 found.update(_counted_window(n, n - above, [tag for tag, _ in page], policy))
         for n, members in zip(version_ns, version_pages, strict=True):
             if members:
@@ -577,7 +573,10 @@ class RetentionPlanner:
             if not rows:
                 return None
             tag, score = text(rows[0][0]), int(rows[0][1])
-            return tag, (await self._protected_above_push(repo, [(tag, score)]))[0]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                self._queue_protected_above(pipe, repo, score)
+                count, ties = await pipe.execute()
+            return tag, self._protected_above(tag, count, ties)
 
         async def page(rank: int, count: int) -> list[str]:
             return [text(t) for t in await self._redis.zrevrange(repo.tags, rank, rank + count - 1)]
@@ -603,16 +602,18 @@ class RetentionPlanner:
         return await _boundary(n, at, page, lambda tag: not policy.is_protected(tag))
 
     async def _facts(self, repository: str, policy: RetentionPolicy, names: Sequence[str]) -> dict[str, TagFacts]:
-        """The facts of the live tags among ``names``: O(log n) each, in three round trips."""
+        """The facts of the live tags among ``names``: O(log n) each, in two round trips."""
         repo = self._keys.repo(repository)
         infos = await self._index.get_tags(repository, list(names))
         tags = [infos[n] for n in names if n in infos]
         counted = [t for t in tags if not policy.is_protected(t.tag)]
         members = {t.tag: version_member(t.tag) for t in counted}
         subjects = {t.tag: s for t in tags if (s := referrer_subject(t.tag)) is not None}
+        per_tag = 5
         async with self._redis.pipeline(transaction=False) as pipe:
             for t in counted:
                 pipe.zrevrank(repo.tags, t.tag)
+                self._queue_protected_above(pipe, repo, t.pushed_at_us)
                 member = members[t.tag]
                 if member:
                     pipe.zrevrank(repo.versions, member)
@@ -623,16 +624,15 @@ class RetentionPlanner:
             if subjects:
                 pipe.zmscore(repo.manifests, list(subjects.values()))
             replies = await pipe.execute()
-        live_subjects = replies[3 * len(counted)] if subjects else []
-        protected_above = await self._protected_above_push(repo, [(t.tag, t.pushed_at_us) for t in counted])
+        live_subjects = replies[per_tag * len(counted)] if subjects else []
         ranks: dict[str, tuple[int | None, int | None]] = {}
         missing_versions: list[str] = []
         for i, t in enumerate(counted):
-            push_rank, version_rank, above = replies[3 * i : 3 * i + 3]
+            push_rank, count, ties, version_rank, above = replies[per_tag * i : per_tag * i + per_tag]
             if members[t.tag] and version_rank is None:
                 missing_versions.append(t.tag)
             ranks[t.tag] = (
-                None if push_rank is None else int(push_rank) - protected_above[i],
+                None if push_rank is None else int(push_rank) - self._protected_above(t.tag, count, ties),
                 None if not members[t.tag] or version_rank is None else int(version_rank) - int(above),
             )
         if missing_versions:
