@@ -24,6 +24,7 @@ import contextlib
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -181,6 +182,10 @@ def machine() -> dict[str, str]:
 
 
 async def main(args: argparse.Namespace) -> tuple[dict[str, str], list[Result]]:
+    # SIGTERM cancels the run, which unwinds the with-blocks: the redis-server started here is stopped by pid.
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     results = []
     with tempfile.TemporaryDirectory(prefix="retention-bench-") as tmp, RedisServer(Path(tmp)) as server:
         async with Redis.from_url(server.url) as redis:
