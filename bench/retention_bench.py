@@ -1,9 +1,10 @@
 """Retention's per-event cost at 1k and 100k tags: wall time and Redis commands per evaluated push.
 
 In a private redis-server it fills one repository's tag index per size with that many tags (half of them
-versions, a few protected, ``latest``), lets the planner build its sets once (a sweep, timed), then
-measures ``RetentionPlanner.evaluate`` for a stream of new pushes that each push a tag out of a count window
-(alternately a new highest version and a new branch tag), so every event finds a deletion at the boundary.
+versions; ten protected ones, ``latest`` included, among the newest at every size), lets the planner build
+its sets once (a sweep, timed), then measures ``RetentionPlanner.evaluate`` for a stream of new pushes that
+each push a tag out of a count window (alternately a new highest version and a new branch tag), so every
+event finds a deletion at the boundary.
 Each event is indexed first (not timed: that is the webhook's work), then judged (timed).
 ``CONFIG RESETSTAT`` / ``INFO commandstats`` around the judgement count every Redis command it caused, those
 run inside Lua scripts included, and the microseconds Redis spent in them. The sizes take turns event by
@@ -70,19 +71,20 @@ class Result:
     full_plan_ms: float
 
 
-def tag_name(i: int) -> str:
-    """Half versions (1.x.y), a few release-* and protected tags, the rest branch builds."""
+def tag_name(i: int, size: int) -> str:
+    """Half versions (1.x.y), a release-* tag in a thousand, the rest branch builds; the newest few odd ones
+    protected (prod-*), so that protected tags sit above the window edges, the same number at every size."""
     if i % 2 == 0:
         return f"1.{i // 2000}.{i // 2 % 1000}"
+    if i > size - 20:
+        return f"prod-{i}"
     if i % 1000 == 1:
         return f"release-{i}"
-    if i % 1000 == 3:
-        return f"prod-{i}"
     return f"build-{i}"
 
 
 async def populate(rig: Rig, size: int) -> None:
-    names = [tag_name(i) for i in range(size - 2)] + ["stable", "latest"]
+    names = [tag_name(i, size) for i in range(size - 2)] + ["stable", "latest"]
     for start in range(0, len(names), POPULATE_BATCH):
         batch = names[start : start + POPULATE_BATCH]
         await asyncio.gather(*(
