@@ -12,7 +12,17 @@ import redis.exceptions
 from aiohttp import web
 from redis.asyncio import Redis
 
-from consumer import api, health, policy_api, policy_service, retention_api, retention_service, webhook
+from consumer import (
+    api,
+    forward_auth,
+    health,
+    policy_api,
+    policy_service,
+    retention_api,
+    retention_service,
+    tokens_api,
+    webhook,
+)
 from consumer.appkeys import (
     DEAD_LETTERS,
     HOOKS,
@@ -21,6 +31,7 @@ from consumer.appkeys import (
     METRICS,
     POLICIES,
     REDIS,
+    REGISTRY_VERIFIER,
     SETTINGS,
     STATE,
     VERIFIER,
@@ -48,7 +59,7 @@ def _error_response(exc: ConsumerError) -> web.Response:
     response = web.json_response({"error": exc.code, "detail": exc.detail}, status=exc.status)
     if isinstance(exc, AuthError):
         error = "insufficient_scope" if isinstance(exc, ForbiddenError) else "invalid_token"
-        response.headers["WWW-Authenticate"] = f'Bearer realm="registry-consumer", error="{error}"'
+        response.headers["WWW-Authenticate"] = exc.challenge or f'Bearer realm="registry-consumer", error="{error}"'
     if exc.status == 413:
         response.force_close()  # the unread rest of the body must not stay on a kept-alive connection
     return response
@@ -83,6 +94,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ConsumerError as exc:
+        if isinstance(exc, AuthError):
+            request.app[METRICS].auth_failures.labels(exc.reason).inc()
         return _error_response(exc)
     except REDIS_DOWN as exc:
         request.app[METRICS].redis_errors.inc()
@@ -187,13 +200,18 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> web.App
     app[STATE] = ServiceState()
     app[HOOKS] = EventHooks()
     app[POLICIES] = PolicySet(settings.policies)
-    app[VERIFIER] = TokenVerifier(settings.auth, settings.jwt_secret_bytes())
+    app[VERIFIER] = TokenVerifier.for_consumer(settings)
     app.cleanup_ctx.append(_redis_ctx)
+    app.cleanup_ctx.append(tokens_api.revocation_ctx)
     app.cleanup_ctx.append(_background_ctx)
     app.on_shutdown.append(_mark_shutting_down)
     app.add_routes(health.routes)
     app.add_routes(webhook.routes)
     app.add_routes(api.routes)
+    app.add_routes(tokens_api.routes)
+    if settings.registry_auth is not None:
+        app[REGISTRY_VERIFIER] = TokenVerifier.for_registry(settings.registry_auth)
+        app.add_routes(forward_auth.routes)
     # registry client, audit, intents, unexpected deletions, latest, reconciliation
     app.cleanup_ctx.append(policy_service.policies_ctx)
     app.add_routes(policy_api.routes)

@@ -17,6 +17,7 @@ from consumer.reconcile import Reconciler
 from consumer.rediskeys import RedisKeys
 from consumer.registry_client import RegistryClient
 from consumer.retention import RetentionPlanner
+from consumer.revocation import RevocationStore
 from consumer.settings import Settings
 from consumer.state import ServiceState
 from consumer.tokens import TokenVerifier
@@ -38,3 +39,6 @@ LATEST = web.AppKey("latest", LatestKeeper)
 REGISTRY_CLIENT = web.AppKey("registry_client", RegistryClient)
 RECONCILER = web.AppKey("reconciler", Reconciler)
 RETENTION = web.AppKey("retention", RetentionPlanner)
+# The registry token server's keys (forward-auth); set only when ``registry_auth`` is configured.
+REGISTRY_VERIFIER = web.AppKey("registry_verifier", TokenVerifier)
+REVOCATIONS = web.AppKey("revocations", RevocationStore)

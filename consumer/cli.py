@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from consumer.durations import parse_duration_seconds
-from consumer.errors import ConfigError
+from consumer.errors import AuthError, ConfigError
+from consumer.revocation import RevocationStore
 from consumer.settings import Settings, load_settings
-from consumer.tokens import mint
+from consumer.tokens import TokenVerifier, mint, verify_any
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -33,13 +38,107 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_token_mint(args: argparse.Namespace) -> int:
     """Print a signed token, e.g. for the registry's ``notifications.endpoints[].headers``."""
     settings = _settings(args)
-    secret = settings.jwt_secret_bytes()
-    if secret is None:
+    kid = args.kid or settings.auth.signing_kid
+    if kid is None and settings.jwt_secret_bytes() is None:
         raise ConfigError("invalid configuration: jwt_secret: required to mint tokens "
-                          "(set REGISTRY_CONSUMER_JWT_SECRET or jwt_secret_file)")
+                          "(set REGISTRY_CONSUMER_JWT_SECRET or jwt_secret_file, or give --kid of an HMAC key)")
+    key = TokenVerifier.for_consumer(settings).keyring.signing_key(kid)
     ttl = parse_duration_seconds(args.ttl)
-    print(mint(settings.auth, secret, sub=args.sub, scope=args.scope, ttl_seconds=ttl))
+    assert isinstance(key.key, bytes)  # signing_key returns HMAC keys only
+    print(mint(settings.auth, key.key, sub=args.sub, scope=args.scope, ttl_seconds=ttl, kid=key.kid,
+               algorithm=key.algorithm))
     return 0
+
+
+def _trusted_verifiers(settings: Settings) -> list[TokenVerifier]:
+    registry = settings.registry_auth
+    return [TokenVerifier.for_consumer(settings), *([TokenVerifier.for_registry(registry)] if registry else [])]
+
+
+async def _with_store(settings: Settings, use: Callable[[RevocationStore], Awaitable[int]]) -> int:
+    from redis.asyncio import Redis
+
+    from consumer.rediskeys import RedisKeys
+
+    client = Redis.from_url(settings.redis_url, socket_timeout=settings.redis_timeout_seconds,
+                            socket_connect_timeout=settings.redis_timeout_seconds)
+    try:
+        return await use(RevocationStore.for_settings(client, RedisKeys(settings.key_prefix).revocations, settings))
+    finally:
+        await client.aclose()
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    """Revoke one token, a subject's tokens or every token, straight in Redis; print what is in force."""
+    import redis.exceptions
+
+    from consumer.tokens_api import RevocationOut, RevokeOut
+
+    settings = _settings(args)
+    if args.jti is not None and args.exp is None:
+        raise ValueError("--jti needs --exp (the token's exp claim, unix seconds)")
+
+    async def revoke(store: RevocationStore) -> int:
+        if args.token is not None:
+            try:
+                claims, _ = verify_any(_trusted_verifiers(settings), args.token, check_times=False)
+            except AuthError as exc:
+                print(f"registry-consumer: not a token this consumer trusts ({exc.reason}: {exc.detail}); "
+                      "nothing to revoke", file=sys.stderr)
+                return 1
+            outcome = await store.revoke_token(issuer=claims.iss, jti=claims.jti, exp=claims.exp, subject=claims.sub)
+        elif args.jti is not None:
+            outcome = await store.revoke_token(issuer=args.iss or settings.auth.issuer, jti=args.jti, exp=args.exp)
+        elif args.sub is not None:
+            outcome = await store.revoke_subject(args.sub, args.cutoff)
+        else:
+            outcome = await store.revoke_all(args.cutoff)
+        entry = RevocationOut.of(outcome.entry) if outcome.entry is not None else None
+        print(RevokeOut(revoked=outcome.changed, entry=entry).model_dump_json())
+        return 0
+
+    try:
+        return asyncio.run(_with_store(settings, revoke))
+    except redis.exceptions.RedisError as exc:
+        print(f"registry-consumer: redis unreachable, nothing revoked: {exc}", file=sys.stderr)
+        return 1
+
+
+def cmd_token_inspect(args: argparse.Namespace) -> int:
+    """Print a token's header and claims, whether it verifies (and with which keys, or why not), and
+    whether it is revoked (and by what). Exit status 0 only when the token is active."""
+    import jwt
+    import redis.exceptions
+
+    settings = _settings(args)
+    report: dict[str, Any] = {"header": None, "claims": None, "valid": False, "verified_by": None,
+                              "reason": None, "detail": None, "revoked": None, "revoked_by": None}
+    with contextlib.suppress(jwt.PyJWTError):
+        report["header"] = jwt.get_unverified_header(args.token)
+        report["claims"] = jwt.decode(args.token, options={"verify_signature": False})
+    try:
+        claims, report["verified_by"] = verify_any(_trusted_verifiers(settings), args.token)
+    except AuthError as exc:
+        report.update(reason=exc.reason, detail=exc.detail)
+        claims = None
+
+    async def revoked(store: RevocationStore) -> int:
+        assert claims is not None
+        kind = await store.revoked_by(claims)
+        report.update(revoked=kind is not None, revoked_by=kind)
+        return 0
+
+    if claims is not None:
+        report["valid"] = True
+        try:
+            asyncio.run(_with_store(settings, revoked))
+        except redis.exceptions.RedisError as exc:
+            report.update(reason="revocation_unknown", detail=f"redis unreachable: {exc}")
+        if report["revoked"]:
+            report.update(reason="revoked", detail=f"revoked ({report['revoked_by']})")
+    report["active"] = report["valid"] and report["revoked"] is False
+    print(json.dumps(report, indent=2, default=str))
+    return 0 if report["active"] else 1
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
@@ -83,6 +182,19 @@ def build_parser() -> argparse.ArgumentParser:
     mint_p.add_argument("--ttl", required=True, help="lifetime, e.g. 3600s, 12h, 365d")
     mint_p.add_argument("--kid", default=None, help="signing key id (key sets)")
     mint_p.set_defaults(func=cmd_token_mint)
+    revoke_p = token_sub.add_parser("revoke", help="revoke a token, a subject's tokens, or all tokens (in Redis)")
+    what = revoke_p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--token", help="the token itself (consumer or registry token)")
+    what.add_argument("--jti", help="a token's jti (with --exp, and --iss unless it is the consumer's)")
+    what.add_argument("--sub", help="every token of this subject issued at or before --cutoff")
+    what.add_argument("--all", action="store_true", help="every token issued at or before --cutoff")
+    revoke_p.add_argument("--exp", type=int, help="with --jti: the token's exp (unix seconds)")
+    revoke_p.add_argument("--iss", help="with --jti: the token's issuer (default: auth.issuer)")
+    revoke_p.add_argument("--cutoff", type=int, help="with --sub/--all: unix seconds (default: now)")
+    revoke_p.set_defaults(func=cmd_token_revoke)
+    inspect_p = token_sub.add_parser("inspect", help="claims, validity, revocation of a token; exit 0 if active")
+    inspect_p.add_argument("token")
+    inspect_p.set_defaults(func=cmd_token_inspect)
     return parser
 
 

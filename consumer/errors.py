@@ -28,14 +28,23 @@ class BadRequest(ConsumerError):
 
 
 class AuthError(ConsumerError):
-    """No valid credentials: 401, with a bounded ``reason`` for metrics."""
+    """No valid credentials: 401, with a bounded ``reason`` for metrics.
+
+    ``challenge`` replaces the consumer's own ``WWW-Authenticate`` value (the forward-auth answers with
+    the registry token server's challenge, which docker and skopeo follow).
+    """
 
     status = 401
     code = "invalid_token"
 
-    def __init__(self, reason: str, detail: str = "") -> None:
+    def __init__(self, reason: str, detail: str = "", *, challenge: str | None = None) -> None:
         super().__init__(detail or reason)
         self.reason = reason
+        self.challenge = challenge
+
+    def with_challenge(self, challenge: str) -> AuthError:
+        """The same error (same class, reason and detail) answering with ``challenge``."""
+        return type(self)(self.reason, self.detail, challenge=challenge)
 
 
 class ForbiddenError(AuthError):

@@ -30,7 +30,9 @@ AUTH_FAILURE_REASONS = (
     "oversized",
     "revoked",
     "insufficient_scope",
+    "lifetime_too_long",
 )
+REVOCATION_KINDS = ("token", "subject", "all")
 RETENTION_MODES = ("dry_run", "enforced", "failed")
 
 
@@ -94,6 +96,18 @@ class Metrics:
             f"{PREFIX}_auth_failures_total", "Rejected bearer tokens by reason.", ["reason"], registry=r
         )
         _init_labels(self.auth_failures, AUTH_FAILURE_REASONS)
+        self.token_revocations = Counter(
+            f"{PREFIX}_token_revocations_total",
+            "Revocations made through the API, by kind (one token, a subject's tokens, all tokens).",
+            ["kind"],
+            registry=r,
+        )
+        _init_labels(self.token_revocations, REVOCATION_KINDS)
+        self.revoked_tokens = Gauge(
+            f"{PREFIX}_revoked_tokens",
+            "Live entries of the revocation list (revoked tokens, subject cutoffs, the global cutoff).",
+            registry=r,
+        )
         self.index_repositories = Gauge(
             f"{PREFIX}_index_repositories", "Repositories in the tag index.", registry=r
         )

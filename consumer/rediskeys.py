@@ -7,6 +7,7 @@ stream) are never touched from a script together with per-repository keys.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 
@@ -130,6 +131,55 @@ class RepoKeys:
         ]
 
 
+# The hash tag of every revocation key. A leading "_" cannot start a repository name, so this slot's
+# keys never share a tag with a repository's keys.
+REVOCATIONS_TAG = "{_revocations}"
+
+
+@dataclass(frozen=True, slots=True)
+class RevocationKeys:
+    """The keys of the JWT revocation list.
+
+    They all carry the hash tag ``{_revocations}``: the per-request check is one ``MGET`` and every
+    revocation script or transaction touches a single Redis Cluster slot. A revocation's key name is
+    also its entry id in ``index``, ``expiries`` and ``entries``.
+    """
+
+    base: str
+
+    def token(self, issuer: str, jti: str) -> str:
+        """STRING ``1`` until the token's ``exp`` + leeway: this one token (issuer + ``jti``) is revoked.
+
+        The issuer is hashed (it is a URL at most token servers); the ``jti`` is bounded by the verifier.
+        """
+        digest = hashlib.sha256(issuer.encode()).hexdigest()[:16]
+        return f"{self.base}:token:{digest}:{jti}"
+
+    def subject(self, subject: str) -> str:
+        """STRING unix seconds T: every token of ``subject`` issued at or before T is revoked."""
+        return f"{self.base}:subject:{subject}"
+
+    @property
+    def all(self) -> str:
+        """STRING unix seconds T: every token issued at or before T is revoked."""
+        return f"{self.base}:all"
+
+    @property
+    def index(self) -> str:
+        """ZSET (scores 0) of the revocations' key names, for lex-ordered pagination of the list."""
+        return f"{self.base}:index"
+
+    @property
+    def expiries(self) -> str:
+        """ZSET revocation key name -> unix seconds when it lapses, to forget lapsed list entries."""
+        return f"{self.base}:expiries"
+
+    @property
+    def entries(self) -> str:
+        """HASH revocation key name -> JSON description (kind, issuer, jti, subject, cutoff)."""
+        return f"{self.base}:entries"
+
+
 @dataclass(frozen=True, slots=True)
 class RedisKeys:
     """Key builder bound to the configured prefix (``key_prefix``)."""
@@ -182,3 +232,8 @@ class RedisKeys:
     def retention_sweep_lock(self) -> str:
         """STRING with a TTL: held by the one process running the periodic retention sweep."""
         return f"{self.prefix}:retention:sweep_lock"
+
+    @property
+    def revocations(self) -> RevocationKeys:
+        """The keys of the JWT revocation list (one hash slot)."""
+        return RevocationKeys(f"{self.prefix}:{REVOCATIONS_TAG}")

@@ -28,13 +28,90 @@ class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class AuthSettings(_Section):
-    """How the consumer verifies the bearer tokens sent to its own API and webhook."""
+JwtAlgorithm = Literal[
+    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"
+]
+# Printable ASCII without quotes or backslashes: safe inside a quoted WWW-Authenticate parameter.
+_CHALLENGE_PARAM = r'^[\x20\x21\x23-\x5b\x5d-\x7e]{1,512}$'
+
+
+class KeySettings(_Section):
+    """One verification key, selected by ``kid`` and bound to exactly one algorithm (RFC 8725 3.1).
+
+    HMAC algorithms read the secret from ``secret_file`` or from the environment variable named by
+    ``secret_env``, never from the config file itself; the others read a PEM public key or certificate
+    from ``public_key_file``. Secrets are never logged.
+    """
+
+    kid: str | None = Field(default=None, pattern=r"^[\x21-\x7e]{1,128}$")
+    alg: JwtAlgorithm
+    secret_file: Path | None = None
+    secret_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+    public_key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _check_source(self) -> KeySettings:
+        given = [s for s in (self.secret_file, self.secret_env, self.public_key_file) if s is not None]
+        if len(given) != 1:
+            raise ValueError("set exactly one of secret_file, secret_env, public_key_file")
+        if self.alg.startswith("HS") == (self.public_key_file is not None):
+            need = "secret_file or secret_env" if self.alg.startswith("HS") else "public_key_file"
+            raise ValueError(f"{self.alg} keys need {need}")
+        return self
+
+
+class _KeySetSettings(_Section):
+    """What every set of verification keys shares: the keys, and the bounds put on tokens."""
+
+    leeway_seconds: int = Field(default=30, ge=0, le=60)
+    max_token_bytes: int = Field(default=8192, ge=512, le=65_536)
+    max_claim_bytes: int = Field(default=256, ge=32, le=4096)
+    keys: tuple[KeySettings, ...] = ()
+    jwks_file: Path | None = None
+    verify_cache_entries: int = Field(default=4096, ge=0, le=1_000_000)
+
+    @field_validator("keys")
+    @classmethod
+    def _check_unique_kids(cls, keys: tuple[KeySettings, ...]) -> tuple[KeySettings, ...]:
+        kids = [k.kid for k in keys if k.kid is not None]
+        if len(kids) != len(set(kids)):
+            raise ValueError("each kid may appear only once")
+        return keys
+
+
+class AuthSettings(_KeySetSettings):
+    """How the consumer verifies the bearer tokens sent to its own API and webhook.
+
+    ``jwt_secret`` (or ``jwt_secret_file``) is the simple set-up: one HS256 key without a ``kid``.
+    ``keys``/``jwks_file`` add keys by ``kid`` for rotation; ``signing_kid`` picks the HMAC key that
+    ``token mint`` signs with when ``--kid`` is not given.
+    """
 
     issuer: str = "registry-consumer"
     audience: str = "registry-consumer"
-    leeway_seconds: int = Field(default=30, ge=0, le=60)
-    max_token_bytes: int = Field(default=8192, ge=512, le=65_536)
+    max_token_lifetime_seconds: int = Field(default=400 * DAY_SECONDS, ge=60)
+    signing_kid: str | None = None
+
+
+class RegistryAuthSettings(_KeySetSettings):
+    """The registry token server's keys, for the forward-auth in front of the registry (``GET /v1/auth``).
+
+    ``realm``, ``service`` and ``issuer`` are the registry's own ``auth.token`` values; ``rootcertbundle``
+    is the registry's certificate bundle (each certificate's key under its libtrust ``kid``, RS256 for
+    RSA, ES256/384/512 by curve). ``keys`` without ``kid`` get the libtrust ``kid`` too.
+    """
+
+    realm: str = Field(pattern=_CHALLENGE_PARAM)
+    service: str = Field(pattern=_CHALLENGE_PARAM)
+    issuer: str
+    rootcertbundle: Path | None = None
+    max_token_lifetime_seconds: int = Field(default=DAY_SECONDS, ge=60)
+
+    @model_validator(mode="after")
+    def _check_some_key(self) -> RegistryAuthSettings:
+        if not self.keys and self.jwks_file is None and self.rootcertbundle is None:
+            raise ValueError("needs at least one key: rootcertbundle, keys or jwks_file")
+        return self
 
 
 class RegistrySettings(_Section):
@@ -139,6 +216,7 @@ class Settings(BaseSettings):
     jwt_secret: SecretStr | None = None
     jwt_secret_file: Path | None = None
     auth: AuthSettings = AuthSettings()
+    registry_auth: RegistryAuthSettings | None = None
 
     max_body_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1_048_576)
     dedup_ttl_seconds: int = Field(default=7 * DAY_SECONDS, ge=60)
