@@ -12,9 +12,10 @@ Three kinds of entry (key names in ``consumer.rediskeys.RevocationKeys``, all in
 - ``all``: the same, for every token of every subject and issuer (after a signing key leaked, together
   with removing the key).
 
-A request is checked with one ``MGET`` of the three keys that can apply to its token, every time: no
-answer is cached, so a revocation made through any replica holds on every replica from the next request.
-Redis errors propagate, and the error middleware answers 503: checks fail closed.
+A request is checked with one ``MGET`` of the three keys that can apply to its token, every time (the
+checks of concurrent requests share a round trip): no answer is cached, so a revocation made through any
+replica holds on every replica from the next request. Redis errors propagate, and the error middleware
+answers 503: checks fail closed.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from consumer.errors import BadRequest
+from consumer.index import SharedPipeline
 from consumer.rediskeys import RevocationKeys
 from consumer.settings import Settings
 from consumer.tokens import Claims
@@ -92,6 +94,9 @@ class RevocationStore:
         self._clock = clock
         self._raise_cutoff = _script(redis, "raise_cutoff")
         self._prune = _script(redis, "prune_revocations")
+        # Checks of concurrent requests share one round trip (each is still its own MGET, sent after the
+        # request arrived: nothing is answered from a cache).
+        self._pipeline = SharedPipeline(redis)
 
     @classmethod
     def for_settings(cls, redis: Redis, keys: RevocationKeys, settings: Settings) -> RevocationStore:
@@ -141,9 +146,9 @@ class RevocationStore:
     async def revoked_by(self, claims: Claims) -> str | None:
         """The kind of revocation that catches this verified token, or None. One round trip."""
         keys = self._keys
-        token, subject_cutoff, all_cutoff = await self._redis.mget(
-            keys.token(claims.iss, claims.jti), keys.subject(claims.sub), keys.all
-        )
+        (replies,) = await self._pipeline.send([("MGET", keys.token(claims.iss, claims.jti), keys.subject(claims.sub),
+                                                  keys.all)])
+        token, subject_cutoff, all_cutoff = replies
         if token is not None:
             return TOKEN
         if subject_cutoff is not None and claims.iat <= int(subject_cutoff):

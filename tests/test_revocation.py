@@ -150,6 +150,18 @@ async def test_the_check_is_one_mget(store: RevocationStore, redis_client: Redis
     assert used == {"cmdstat_mget": 1}
 
 
+async def test_concurrent_checks_each_get_their_own_answer(store: RevocationStore, redis_client: Redis,
+                                                           clock: Clock) -> None:
+    now = int(clock.now)
+    for n in range(0, 40, 2):
+        await store.revoke_token(issuer="registry-consumer", jti=f"j-{n}", exp=now + 600)
+    await redis_client.config_resetstat()
+    answers = await asyncio.gather(*(store.revoked_by(token_claims(iat=now, jti=f"j-{n}")) for n in range(40)))
+    assert answers == [TOKEN if n % 2 == 0 else None for n in range(40)]
+    stats = await redis_client.info("commandstats")
+    assert stats["cmdstat_mget"]["calls"] == 40
+
+
 async def test_every_revocation_key_is_in_one_hash_slot(store: RevocationStore, redis_client: Redis,
                                                         clock: Clock) -> None:
     await store.revoke_token(issuer="https://auth.example/token", jti="j:with:colons", exp=int(clock.now) + 60)
