@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -57,6 +58,21 @@ def wait_for_port(host: str, port: int, timeout: float = 15.0, process: ManagedP
         time.sleep(0.05)
     tail = process.log_tail() if process is not None else ""
     raise ProcessFailedError(f"nothing listened on {host}:{port} within {timeout}s\n{tail}")
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGTERM it when the test process dies.
+
+    A test run killed by a timeout never reaches its fixtures' teardown; without this its servers
+    would outlive it. Only the child's own death signal is set, nothing else is touched.
+    """
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 class ManagedProcess:
@@ -111,6 +127,8 @@ class ManagedProcess:
             env=self.env,
             cwd=self.cwd,
             start_new_session=True,
+            # The death signal follows the thread that forks, so it is only safe from the main thread.
+            preexec_fn=_die_with_parent if threading.current_thread() is threading.main_thread() else None,
         )
 
     def stop(self, timeout: float = 10.0) -> int | None:
