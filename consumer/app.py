@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-import redis.exceptions
 from aiohttp import web
 from redis.asyncio import Redis
 
@@ -36,6 +33,7 @@ from consumer.appkeys import (
     STATE,
     VERIFIER,
 )
+from consumer.background import REDIS_DOWN, Loops
 from consumer.deadletters import DeadLetters
 from consumer.errors import AuthError, ConsumerError, ForbiddenError, StoreUnavailable
 from consumer.hooks import EventHooks
@@ -50,7 +48,6 @@ from consumer.tokens import TokenVerifier
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.BusyLoadingError)
 WEBHOOK_PATH = "/v1/events"
 REQUEST_ID_HEADER = "X-Request-ID"
 
@@ -158,24 +155,12 @@ async def refresh_gauges(app: web.Application) -> None:
     metrics.dead_letter_entries.set(await app[DEAD_LETTERS].length())
 
 
-async def _gauges_loop(app: web.Application) -> None:
-    interval = app[SETTINGS].stats_interval_seconds
-    while True:
-        try:
-            await refresh_gauges(app)
-        except REDIS_DOWN:
-            app[METRICS].redis_errors.inc()
-        except Exception:
-            log.exception("refreshing gauges failed")
-        await asyncio.sleep(interval)
-
-
 async def _background_ctx(app: web.Application) -> AsyncIterator[None]:
-    task = asyncio.create_task(_gauges_loop(app))
+    settings = app[SETTINGS]
+    loops = Loops(on_redis_error=app[METRICS].redis_errors.inc)
+    loops.every(settings.stats_interval_seconds, lambda: refresh_gauges(app), name="index gauges")
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await loops.close(settings.shutdown_timeout_seconds)
 
 
 def mark_shutting_down(app: web.Application) -> None:

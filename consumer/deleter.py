@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import redis.exceptions
 from redis.asyncio import Redis
 
+from consumer.background import REDIS_DOWN, Loops
 from consumer.errors import RegistryError
 from consumer.index import text
 from consumer.intents import DeletionIntents
@@ -234,20 +235,21 @@ class DeletionWorker:
 
     # -- the loop --------------------------------------------------------------------------------
 
-    async def run(self) -> None:
-        """Work until cancelled; Redis outages are waited out."""
-        await self._queue.ensure_group()
-        while True:
+    async def run(self, loops: Loops) -> None:
+        """Work until ``loops`` stops; Redis outages are waited out."""
+        group_ready = False
+        while not loops.stop.is_set():
             try:
+                if not group_ready:
+                    await self._queue.ensure_group()
+                    group_ready = True
                 await self.step(block_ms=_READ_BLOCK_MS)
-            except asyncio.CancelledError:
-                raise
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                continue
+            except REDIS_DOWN:
                 self._metrics.redis_errors.inc()
-                await asyncio.sleep(1.0)
             except Exception:
                 log.exception("retention deletion worker step failed")
-                await asyncio.sleep(1.0)
+            await loops.pause(1.0)
 
     async def step(self, block_ms: int | None = None) -> list[Outcome]:
         """Handle what is due: entries whose retry backoff passed (or whose worker died), then new ones."""

@@ -48,4 +48,5 @@ class EventHooks:
         for task in pending:
             task.cancel()
         if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
+            # Bounded: a listener inside a redis-py call may swallow its cancellation (consumer.background).
+            await asyncio.wait(pending, timeout=1.0)

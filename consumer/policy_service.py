@@ -7,13 +7,11 @@ watch for unexpected deletions, ``latest`` bookkeeping and reconciliation (perio
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import redis.exceptions
 from aiohttp import web
 from redis.asyncio import Redis
 
@@ -32,6 +30,7 @@ from consumer.appkeys import (
     SETTINGS,
 )
 from consumer.audit import AuditLog
+from consumer.background import Loops
 from consumer.deletions import DeletionWatch, SubjectRevoker
 from consumer.errors import ConfigError, RegistryError
 from consumer.index import TagIndex
@@ -46,7 +45,6 @@ from consumer.settings import Settings
 from consumer.version_index import VersionIndex
 
 log = logging.getLogger(__name__)
-_REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 STALE_RETRY_SECONDS = 60.0
 STALE_RETRY_BATCH = 200
 
@@ -119,56 +117,18 @@ def _subject_revoker(app: web.Application) -> SubjectRevoker:
     return revoke
 
 
-async def _pause(stop: asyncio.Event, seconds: float) -> bool:
-    """Wait ``seconds`` or until ``stop`` is set; True while the loop should go on.
-
-    Loops are stopped by an event, not by cancelling them: redis-py can swallow a cancellation that lands
-    inside a command, and a loop that missed its cancellation would hold up shutdown forever.
-    """
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
-    return not stop.is_set()
+async def _reconcile(reconciler: Reconciler) -> None:
+    try:
+        await reconciler.run()
+    except ReconcileBusy:
+        log.info("reconciliation skipped: another replica is running one")
 
 
-async def _reconcile_loop(app: web.Application, reconciler: Reconciler, stop: asyncio.Event) -> None:
-    settings = app[SETTINGS].reconcile
-    if not await _pause(stop, settings.initial_delay_seconds):
-        return
-    while True:
-        try:
-            await reconciler.run()
-        except ReconcileBusy:
-            log.info("reconciliation skipped: another replica is running one")
-        except (RegistryError, *_REDIS_DOWN) as exc:
-            log.warning("reconciliation failed", extra={"error": str(exc)})
-        except Exception:
-            log.exception("reconciliation failed")
-        if not await _pause(stop, settings.interval_seconds):
-            return
-
-
-async def _gauge_loop(app: web.Application, latest: LatestKeeper, stop: asyncio.Event) -> None:
-    # Every replica reports the shared stale count, not only the one that evaluated last.
-    while True:
-        try:
-            await latest.refresh_gauge()
-        except _REDIS_DOWN:
-            app[METRICS].redis_errors.inc()
-        if not await _pause(stop, app[SETTINGS].stats_interval_seconds):
-            return
-
-
-async def _stale_retry_loop(app: web.Application, latest: LatestKeeper, stop: asyncio.Event) -> None:
+async def _retry_stale(latest: LatestKeeper) -> None:
     # A fix that failed (registry down, credentials) is retried here, not only on the next event; and a
     # repository whose policy no longer manages latest is unmarked.
-    while await _pause(stop, STALE_RETRY_SECONDS):
-        try:
-            for repository in await latest.stale_repositories(STALE_RETRY_BATCH):
-                await latest.evaluate(repository)
-        except _REDIS_DOWN:
-            app[METRICS].redis_errors.inc()
-        except Exception:
-            log.exception("re-evaluating stale repositories failed")
+    for repository in await latest.stale_repositories(STALE_RETRY_BATCH):
+        await latest.evaluate(repository)
 
 
 async def policies_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -192,22 +152,19 @@ async def policies_ctx(app: web.Application) -> AsyncIterator[None]:
         app[AUDIT], app[INTENTS], app[LATEST] = parts.audit, parts.intents, parts.latest
         app[HOOKS].subscribe(parts.watch.on_change)
         app[HOOKS].subscribe(parts.latest.on_change)
-        stop = asyncio.Event()
-        tasks = {
-            asyncio.create_task(_gauge_loop(app, parts.latest, stop)),
-            asyncio.create_task(_stale_retry_loop(app, parts.latest, stop)),
-        }
+        # Every replica reports the shared stale count, not only the one that evaluated last.
+        loops = Loops(on_redis_error=app[METRICS].redis_errors.inc)
+        loops.every(settings.stats_interval_seconds, parts.latest.refresh_gauge, name="latest gauge")
+        loops.every(STALE_RETRY_SECONDS, lambda: _retry_stale(parts.latest), name="latest stale retry",
+                    initial_delay_seconds=STALE_RETRY_SECONDS)
         if parts.reconciler is not None:
             app[RECONCILER] = parts.reconciler
             if settings.reconcile.interval_seconds > 0:
-                tasks.add(asyncio.create_task(_reconcile_loop(app, parts.reconciler, stop)))
+                reconciler = parts.reconciler
+                loops.every(settings.reconcile.interval_seconds, lambda: _reconcile(reconciler), name="reconciliation",
+                            initial_delay_seconds=settings.reconcile.initial_delay_seconds, expected=(RegistryError,))
         yield
-        stop.set()
-        _, running = await asyncio.wait(tasks, timeout=settings.shutdown_timeout_seconds)
-        for task in running:  # a reconciliation still walking the registry
-            task.cancel()
-        if running:
-            await asyncio.wait(running, timeout=1.0)
+        await loops.close(settings.shutdown_timeout_seconds)
         # Listeners may still be using the registry session: let them finish before it closes.
         await app[HOOKS].drain(settings.shutdown_timeout_seconds)
 

@@ -7,7 +7,6 @@ the registry session. Without ``registry:`` nothing is deleted: plans are made a
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -29,46 +28,27 @@ from consumer.appkeys import (
     RETENTION,
     SETTINGS,
 )
+from consumer.background import Loops
 from consumer.deleter import DeletionQueue, DeletionWorker, refresh_queue_gauges
 from consumer.errors import RegistryError
 from consumer.retention import RetentionPlanner
 from consumer.version_index import VersionIndex
 
 log = logging.getLogger(__name__)
-_REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
-async def _sweep_loop(app: web.Application, planner: RetentionPlanner) -> None:
-    settings = app[SETTINGS].retention
-    await asyncio.sleep(settings.sweep_initial_delay_seconds)
-    while True:
-        # One sweep at a time across replicas; the lock outlives a crashed holder by at most one interval.
-        lock = app[REDIS].lock(app[KEYS].retention_sweep_lock, timeout=settings.sweep_interval_seconds,
-                               blocking=False)
-        try:
-            if await lock.acquire():
-                try:
-                    swept = await planner.sweep()
-                    log.info("retention sweep done", extra={"repositories": swept})
-                finally:
-                    with contextlib.suppress(redis.exceptions.LockError):
-                        await lock.release()
-        except _REDIS_DOWN:
-            app[METRICS].redis_errors.inc()
-        except RegistryError as exc:
-            log.warning("retention sweep failed", extra={"error": str(exc)})
-        except Exception:
-            log.exception("retention sweep failed")
-        await asyncio.sleep(settings.sweep_interval_seconds)
-
-
-async def _gauge_loop(app: web.Application, queue: DeletionQueue) -> None:
-    while True:
-        try:
-            await refresh_queue_gauges(queue, app[METRICS])
-        except _REDIS_DOWN:
-            app[METRICS].redis_errors.inc()
-        await asyncio.sleep(app[SETTINGS].stats_interval_seconds)
+async def _sweep(app: web.Application, planner: RetentionPlanner) -> None:
+    # One sweep at a time across replicas; the lock outlives a crashed holder by at most one interval.
+    lock = app[REDIS].lock(app[KEYS].retention_sweep_lock, timeout=app[SETTINGS].retention.sweep_interval_seconds,
+                           blocking=False)
+    if not await lock.acquire():
+        return
+    try:
+        swept = await planner.sweep()
+        log.info("retention sweep done", extra={"repositories": swept})
+    finally:
+        with contextlib.suppress(redis.exceptions.LockError):
+            await lock.release()
 
 
 async def retention_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -86,14 +66,15 @@ async def retention_ctx(app: web.Application) -> AsyncIterator[None]:
     reconciler = app.get(RECONCILER)
     if reconciler is not None:
         reconciler.subscribe(planner.resync)
-    tasks = [asyncio.create_task(_gauge_loop(app, queue))]
+    loops = Loops(on_redis_error=metrics.redis_errors.inc)
+    loops.every(settings.stats_interval_seconds, lambda: refresh_queue_gauges(queue, metrics),
+                name="retention queue gauges")
     if settings.retention.sweep_interval_seconds > 0:
-        tasks.append(asyncio.create_task(_sweep_loop(app, planner)))
+        loops.every(settings.retention.sweep_interval_seconds, lambda: _sweep(app, planner), name="retention sweep",
+                    initial_delay_seconds=settings.retention.sweep_initial_delay_seconds, expected=(RegistryError,))
     if registry is not None:
         worker = DeletionWorker(redis_client, keys, queue, planner, registry, app[INTENTS], app[AUDIT], metrics,
                                 settings.retention)
-        tasks.append(asyncio.create_task(worker.run()))
+        loops.spawn(worker.run(loops), name="retention deletion worker")
     yield
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await loops.close(settings.shutdown_timeout_seconds)

@@ -11,19 +11,17 @@ This module also owns the revocation store's lifetime in the app (``revocation_c
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Literal
 
-import redis.exceptions
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from consumer.api import page_size
 from consumer.appkeys import KEYS, METRICS, REDIS, REGISTRY_VERIFIER, REVOCATIONS, SETTINGS, VERIFIER
 from consumer.auth import SCOPE_TOKENS_ADMIN, SCOPE_TOKENS_INTROSPECT, require_scope
+from consumer.background import Loops
 from consumer.errors import AuthError, BadRequest
 from consumer.revocation import Revocation, RevocationStore, RevokeOutcome
 from consumer.tokens import TokenVerifier, verify_any
@@ -190,27 +188,16 @@ async def list_revocations(request: web.Request) -> web.Response:
     return _answer(RevocationPage(revocations=[RevocationOut.of(e) for e in entries], next=more))
 
 
-async def _gauge_loop(app: web.Application, stop: asyncio.Event) -> None:
-    store, metrics = app[REVOCATIONS], app[METRICS]
-    while not stop.is_set():
-        try:
-            await store.prune()
-            metrics.revoked_tokens.set(await store.count())
-        except redis.exceptions.RedisError:
-            metrics.redis_errors.inc()
-        except Exception:
-            log.exception("refreshing the revocation gauge failed")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), app[SETTINGS].stats_interval_seconds)
+async def _refresh_gauge(app: web.Application) -> None:
+    store = app[REVOCATIONS]
+    await store.prune()
+    app[METRICS].revoked_tokens.set(await store.count())
 
 
 async def revocation_ctx(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: the revocation store on the app's Redis client, and its prune + gauge loop."""
     app[REVOCATIONS] = RevocationStore.for_settings(app[REDIS], app[KEYS].revocations, app[SETTINGS])
-    # Stopped by an event, not by cancelling: redis-py can turn a cancellation that lands inside a
-    # command into a connection error, which the loop would swallow and carry on.
-    stop = asyncio.Event()
-    task = asyncio.create_task(_gauge_loop(app, stop))
+    loops = Loops(on_redis_error=app[METRICS].redis_errors.inc)
+    loops.every(app[SETTINGS].stats_interval_seconds, lambda: _refresh_gauge(app), name="revocation gauge")
     yield
-    stop.set()
-    await task
+    await loops.close(app[SETTINGS].shutdown_timeout_seconds)
