@@ -33,6 +33,7 @@ from consumer.appkeys import (
     STATE,
     VERIFIER,
 )
+from consumer.auth import revocation_cache_ctx
 from consumer.background import REDIS_DOWN, Loops
 from consumer.deadletters import DeadLetters
 from consumer.errors import AuthError, ConsumerError, ForbiddenError, StoreUnavailable
@@ -188,6 +189,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> web.App
     app[VERIFIER] = TokenVerifier.for_consumer(settings)
     app.cleanup_ctx.append(_redis_ctx)
     app.cleanup_ctx.append(tokens_api.revocation_ctx)
+    app.cleanup_ctx.append(revocation_cache_ctx)
     app.cleanup_ctx.append(_background_ctx)
     app.on_shutdown.append(_mark_shutting_down)
     app.add_routes(health.routes)

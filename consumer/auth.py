@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
 from aiohttp import web
 
-from consumer.appkeys import REVOCATIONS, VERIFIER
+from consumer.appkeys import REVOCATIONS, SETTINGS, VERIFIER
 from consumer.errors import AuthError, ForbiddenError
 from consumer.tokens import Claims, TokenVerifier
 
@@ -42,3 +46,16 @@ async def require_scope(request: web.Request, scope: str) -> Claims:
     if not claims.has_scope(scope):
         raise ForbiddenError("insufficient_scope", f"scope {scope} required")
     return claims
+
+
+async def revocation_cache_ctx(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx (after the revocation store's): keeps the store subscribed to revocation messages, so
+    that the registry's repeated token is not looked up in Redis on every notification (see
+    ``consumer.revocation``). Start-up waits briefly for the subscription; without it nothing is cached."""
+    subscribed, stop = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(app[REVOCATIONS].listen(subscribed, stop))
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(subscribed.wait(), app[SETTINGS].redis_timeout_seconds)
+    yield
+    stop.set()
+    await task

@@ -179,6 +179,11 @@ class RevocationKeys:
         """HASH revocation key name -> JSON description (kind, issuer, jti, subject, cutoff)."""
         return f"{self.base}:entries"
 
+    @property
+    def changed_channel(self) -> str:
+        """Pub/sub channel: a message after every revocation, so replicas drop their cached check answers."""
+        return f"{self.base}:changed"
+
 
 @dataclass(frozen=True, slots=True)
 class RedisKeys:

@@ -8,12 +8,13 @@ T), so a token issued in the very second of the revocation is revoked as well.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from consumer.app import create_app
 from consumer.errors import BadRequest
 from consumer.metrics import Metrics
 from consumer.rediskeys import RedisKeys
-from consumer.revocation import ALL, SUBJECT, TOKEN, RevocationStore
+from consumer.revocation import ALL, CHECK_CACHE_SECONDS, SUBJECT, TOKEN, RevocationStore
 from consumer.settings import Settings
 from consumer.tokens import Claims, mint
 from tests.conftest import ALL_SCOPES, JWT_SECRET
@@ -335,3 +336,109 @@ def test_cli_inspect_says_why_a_token_is_invalid(redis_url: str) -> None:
     assert result.returncode == 1 and "nothing to revoke" in result.stderr
     result = cli(redis_url, "revoke", "--jti", "x")
     assert result.returncode == 2 and "--exp" in result.stderr
+
+
+# --- the cached check: pub/sub invalidation, the 1 s bound, no cache without a subscription -------------
+
+
+async def mget_calls(redis_client: Redis) -> int:
+    stats = await redis_client.info("commandstats")
+    return int(stats.get("cmdstat_mget", {}).get("calls", 0))
+
+
+async def wait_until(condition: Callable[[], bool]) -> None:
+    while not condition():  # noqa: ASYNC110 (polls the store's private state)
+        await asyncio.sleep(0.01)
+
+
+@contextlib.asynccontextmanager
+async def listening_store(store: RevocationStore, retry_seconds: float = 0.05) -> AsyncIterator[RevocationStore]:
+    subscribed, stop = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(store.listen(subscribed, stop, retry_seconds=retry_seconds))
+    await asyncio.wait_for(subscribed.wait(), 10)
+    try:
+        yield store
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+@pytest.fixture
+async def listening(store: RevocationStore) -> AsyncIterator[RevocationStore]:
+    async with listening_store(store) as listening:
+        yield listening
+
+
+async def test_a_listening_store_answers_a_repeated_check_from_memory(listening: RevocationStore,
+                                                                      redis_client: Redis, clock: Clock) -> None:
+    claims = token_claims(iat=int(clock.now))
+    await redis_client.config_resetstat()
+    assert await listening.revoked_by(claims) is None
+    assert await listening.revoked_by(claims) is None
+    assert await listening.revoked_by(token_claims(iat=int(clock.now), jti="j-2")) is None  # another token: asked
+    assert await mget_calls(redis_client) == 2
+
+
+async def test_a_revocation_on_a_replica_drops_the_cached_answer(listening: RevocationStore, redis_client: Redis,
+                                                                 clock: Clock) -> None:
+    replica = RevocationStore(redis_client, KEYS, leeway_seconds=LEEWAY, cutoff_ttl_seconds=CUTOFF_TTL, clock=clock)
+    claims = token_claims(iat=int(clock.now) - 1)
+    assert await listening.revoked_by(claims) is None  # cached now
+    generation = listening._generation
+    await replica.revoke_subject("alice")
+    await asyncio.wait_for(wait_until(lambda: listening._generation != generation), 5)
+    assert await listening.revoked_by(claims) == SUBJECT
+
+
+async def test_without_the_message_a_revocation_holds_after_the_cache_bound(listening: RevocationStore,
+                                                                            redis_client: Redis, clock: Clock) -> None:
+    claims = token_claims(iat=int(clock.now) - 1)
+    assert await listening.revoked_by(claims) is None
+    # Written behind the store's back (no message): only the bound makes it visible.
+    await redis_client.set(KEYS.subject("alice"), int(clock.now))
+    assert await listening.revoked_by(claims) is None  # still the cached answer
+    await asyncio.sleep(CHECK_CACHE_SECONDS + 0.1)
+    assert await listening.revoked_by(claims) == SUBJECT
+
+
+async def test_a_lost_subscription_turns_the_cache_off(store: RevocationStore, redis_client: Redis,
+                                                       clock: Clock) -> None:
+    async with listening_store(store, retry_seconds=60) as listening:  # no resubscription during this test
+        claims = token_claims(iat=int(clock.now) - 1)
+        assert await listening.revoked_by(claims) is None
+        await redis_client.client_kill_filter(_type="pubsub")
+        await asyncio.wait_for(wait_until(lambda: not listening._subscribed), 5)
+        await redis_client.config_resetstat()
+        assert await listening.revoked_by(claims) is None
+        assert await listening.revoked_by(claims) is None
+        assert await mget_calls(redis_client) == 2  # every check asks Redis (and fails closed without it)
+        # Revoked while nobody listens: the next check sees it, with no message to tell it.
+        await redis_client.set(KEYS.subject("alice"), int(clock.now))
+        assert await listening.revoked_by(claims) == SUBJECT
+
+
+async def test_the_cache_comes_back_after_resubscribing(listening: RevocationStore, redis_client: Redis,
+                                                        clock: Clock) -> None:
+    claims = token_claims(iat=int(clock.now) - 1)
+    assert await listening.revoked_by(claims) is None
+    generation = listening._generation
+    await redis_client.client_kill_filter(_type="pubsub")
+    await asyncio.wait_for(wait_until(lambda: listening._generation != generation), 5)
+    await asyncio.wait_for(wait_until(lambda: listening._subscribed), 10)
+    other = token_claims(iat=int(clock.now) - 1, sub="bob")
+    assert await listening.revoked_by(other) is None
+    await redis_client.config_resetstat()
+    assert await listening.revoked_by(other) is None
+    assert await mget_calls(redis_client) == 0
+
+
+async def test_an_answer_read_before_an_invalidation_is_not_cached(listening: RevocationStore, redis_client: Redis,
+                                                                   clock: Clock) -> None:
+    claims = token_claims(iat=int(clock.now) - 1)
+    check = asyncio.create_task(listening.revoked_by(claims))  # MGET queued, not answered yet
+    await asyncio.sleep(0)
+    listening._invalidate()  # a revocation message arriving while the MGET is in flight
+    assert await check is None
+    await redis_client.config_resetstat()
+    assert await listening.revoked_by(claims) is None
+    assert await mget_calls(redis_client) == 1
