@@ -19,7 +19,7 @@ from consumer.tokens import TokenVerifier, mint, verify_any
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    return load_settings(args.config)
+    return load_settings(getattr(args, "config", None))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -162,27 +162,36 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; subcommands set ``func``."""
-    parser = argparse.ArgumentParser(prog="registry-consumer", description=__doc__)
-    parser.add_argument("--config", type=Path, default=None,
+    # --config is accepted before or after the subcommand (`registry-consumer serve --config FILE`).
+    config = argparse.ArgumentParser(add_help=False)
+    config.add_argument("--config", type=Path, default=argparse.SUPPRESS,
                         help="YAML config file (default: $REGISTRY_CONSUMER_CONFIG)")
+    parser = argparse.ArgumentParser(prog="registry-consumer", description=__doc__, parents=[config])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the webhook and API server")
+    def add_parser(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, parents=[config])
+
+    serve = add_parser("serve", help="run the webhook and API server")
     serve.set_defaults(func=cmd_serve)
 
-    reconcile = sub.add_parser("reconcile", help="repair the index from the registry's catalog, tags and digests")
+    reconcile = add_parser("reconcile", help="repair the index from the registry's catalog, tags and digests")
     reconcile.add_argument("--repository", default=None, help="only this repository (default: all)")
     reconcile.set_defaults(func=cmd_reconcile)
 
-    token = sub.add_parser("token", help="mint, revoke and inspect tokens")
+    token = add_parser("token", help="mint, revoke and inspect tokens")
     token_sub = token.add_subparsers(dest="token_command", required=True)
-    mint_p = token_sub.add_parser("mint", help="print a signed token")
+
+    def add_token_parser(name: str, help: str) -> argparse.ArgumentParser:
+        return token_sub.add_parser(name, help=help, parents=[config])
+
+    mint_p = add_token_parser("mint", help="print a signed token")
     mint_p.add_argument("--sub", required=True)
     mint_p.add_argument("--scope", required=True, help='space-separated, e.g. "events:write index:read"')
     mint_p.add_argument("--ttl", required=True, help="lifetime, e.g. 3600s, 12h, 365d")
     mint_p.add_argument("--kid", default=None, help="signing key id (key sets)")
     mint_p.set_defaults(func=cmd_token_mint)
-    revoke_p = token_sub.add_parser("revoke", help="revoke a token, a subject's tokens, or all tokens (in Redis)")
+    revoke_p = add_token_parser("revoke", help="revoke a token, a subject's tokens, or all tokens (in Redis)")
     what = revoke_p.add_mutually_exclusive_group(required=True)
     what.add_argument("--token", help="the token itself (consumer or registry token)")
     what.add_argument("--jti", help="a token's jti (with --exp, and --iss unless it is the consumer's)")
@@ -192,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     revoke_p.add_argument("--iss", help="with --jti: the token's issuer (default: auth.issuer)")
     revoke_p.add_argument("--cutoff", type=int, help="with --sub/--all: unix seconds (default: now)")
     revoke_p.set_defaults(func=cmd_token_revoke)
-    inspect_p = token_sub.add_parser("inspect", help="claims, validity, revocation of a token; exit 0 if active")
+    inspect_p = add_token_parser("inspect", help="claims, validity, revocation of a token; exit 0 if active")
     inspect_p.add_argument("token")
     inspect_p.set_defaults(func=cmd_token_inspect)
     return parser
