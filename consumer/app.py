@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -63,6 +64,15 @@ def _error_response(exc: ConsumerError) -> web.Response:
     return response
 
 
+class ClientGone(Exception):
+    """The client closed its connection before the answer: nobody is left to answer, and it is no server error."""
+
+
+def _client_gone(request: web.Request, exc: BaseException) -> bool:
+    transport = request.transport
+    return isinstance(exc, ConnectionResetError) and (transport is None or transport.is_closing())
+
+
 @web.middleware
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Gives the request an id (the caller's ``X-Request-ID`` or a new one) for every log line, and echoes it."""
@@ -77,6 +87,12 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
     except web.HTTPException as exc:
         exc.headers[REQUEST_ID_HEADER] = request_id
         raise
+    except (ClientGone, ConnectionResetError) as exc:
+        if not (isinstance(exc, ClientGone) or _client_gone(request, exc)):
+            raise
+        log.debug("%s %s: client disconnected before the answer", request.method, request.path)
+        # Never sent (the transport is closed); returned rather than raised so aiohttp does not log an error.
+        return web.Response(status=499)
     if not response.prepared:
         response.headers[REQUEST_ID_HEADER] = request_id
     log.debug(
@@ -116,9 +132,19 @@ async def webhook_metrics_middleware(request: web.Request, handler: Handler) -> 
     except web.HTTPException as exc:
         status = exc.status
         raise
+    except ConnectionResetError as exc:
+        if _client_gone(request, exc):
+            status = 0  # no answer: not counted
+            raise ClientGone() from exc
+        raise
+    except asyncio.CancelledError:
+        if request.transport is None or request.transport.is_closing():
+            status = 0  # cancelled because the client left (aiohttp's handler_cancellation): not counted
+        raise
     finally:
-        metrics.webhook_requests.labels(str(status)).inc()
-        metrics.webhook_duration.observe(time.perf_counter() - started)
+        if status:
+            metrics.webhook_requests.labels(str(status)).inc()
+            metrics.webhook_duration.observe(time.perf_counter() - started)
 
 
 async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:

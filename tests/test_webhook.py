@@ -260,3 +260,22 @@ async def test_health_and_metrics_need_no_token(client) -> None:
     assert (await client.get("/readyz")).status == 200
     text = await (await client.get("/metrics")).text()
     assert 'registry_consumer_events_total{action="push",outcome="applied"} 0.0' in text
+
+
+async def test_a_client_that_drops_mid_body_is_no_server_error(client, auth_headers, metrics, caplog) -> None:
+    host, port = client.server.host, client.server.port
+    _reader, writer = await asyncio.open_connection(host, port)
+    head = (f"POST /v1/events HTTP/1.1\r\nHost: {host}\r\nContent-Type: {V1}\r\nContent-Length: 5000\r\n"
+            f"Authorization: {auth_headers['Authorization']}\r\n\r\n")
+    writer.write(head.encode() + b'{"events": [')
+    await writer.drain()
+    await asyncio.sleep(0.05)  # the handler is reading the body now
+    writer.close()
+    await writer.wait_closed()
+    # A full request afterwards: the dropped one has been handled by the time this one is answered.
+    resp = await post(client, auth_headers, load_envelopes("distribution-2.8.2/01-push-oci-single-arch-tag")[0])
+    assert resp.status == 200
+    await asyncio.sleep(0.05)
+    assert counter(metrics, "registry_consumer_webhook_requests_total", code="500") == 0
+    assert counter(metrics, "registry_consumer_webhook_requests_total", code="200") == 1
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
