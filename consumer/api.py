@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from aiohttp import web
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from consumer.appkeys import INDEX
 from consumer.auth import SCOPE_INDEX_READ, require_scope
@@ -19,6 +19,8 @@ class RepositoryPage(BaseModel):
 
 
 class TagOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     tag: str
     digest: str
     media_type: str | None
@@ -33,6 +35,8 @@ class TagList(BaseModel):
 
 
 class ManifestOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     digest: str
     media_type: str | None
     size: int | None
@@ -75,11 +79,7 @@ async def list_tags(request: web.Request) -> web.Response:
     tags = await index.list_tags(name)
     if not tags and not await index.has_repository(name):
         raise NotFound(f"repository {name} is not in the index")
-    out = [
-        TagOut(tag=t.tag, digest=t.digest, media_type=t.media_type, size=t.size, pushed_at=t.pushed_at,
-               last_pulled_at=t.last_pulled_at)
-        for t in tags
-    ]
+    out = [TagOut.model_validate(t) for t in tags]
     return json_model(TagList(repository=name, tags=out))
 
 
@@ -91,14 +91,4 @@ async def get_digest(request: web.Request) -> web.Response:
     manifest = await request.app[INDEX].get_manifest(name, digest)
     if manifest is None:
         raise NotFound(f"manifest {digest} of {name} is not in the index")
-    return json_model(
-        ManifestOut(
-            digest=manifest.digest,
-            media_type=manifest.media_type,
-            size=manifest.size,
-            pushed_at=manifest.pushed_at,
-            last_pulled_at=manifest.last_pulled_at,
-            tags=manifest.tags,
-            references=manifest.references,
-        )
-    )
+    return json_model(ManifestOut.model_validate(manifest))
