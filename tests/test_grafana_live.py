@@ -161,10 +161,14 @@ async def traffic_seen_by_prometheus(
     def scraped() -> bool:
         by_job = scrapes_by_job()
         latest = {sel: scalar_values(prometheus.query(f"registry_consumer_events_total{sel}")) for sel in final}
+        # The index and dead-letter gauges are refreshed by a background loop, a moment after the counters.
+        gauges = {name: scalar_values(prometheus.query(f"registry_consumer_{name}"))
+                  for name in ("dead_letter_entries", "index_tags")}
         return (
             by_job.get("registry-consumer", 0) >= 2
             and by_job.get("registry", 0) >= 2
             and latest == {sel: [value] for sel, value in final.items()}
+            and gauges == {"dead_letter_entries": [1.0], "index_tags": [3.0]}
         )
 
     await wait_for("two scrapes of both targets, the last after the traffic", scraped, prometheus)
