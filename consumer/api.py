@@ -59,6 +59,14 @@ def page_size(request: web.Request, default: int = 100) -> int:
     return int(raw)
 
 
+async def indexed_repository(request: web.Request) -> str:
+    """The ``name`` of the route, or :class:`NotFound` when the index has never seen that repository."""
+    name = request.match_info["name"]
+    if not await request.app[INDEX].has_repository(name):
+        raise NotFound(f"repository {name} is not in the index")
+    return name
+
+
 @routes.get("/v1/repositories")
 async def list_repositories(request: web.Request) -> web.Response:
     """Paginated like the registry's ``_catalog``: ``n`` and ``last``, ``next`` when there is more."""

@@ -5,11 +5,11 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import BaseModel
 
-from consumer.api import json_model, page_size
-from consumer.appkeys import AUDIT, INDEX, LATEST
+from consumer.api import indexed_repository, json_model, page_size
+from consumer.appkeys import AUDIT, LATEST
 from consumer.audit import KINDS
 from consumer.auth import SCOPE_INDEX_READ, require_scope
-from consumer.errors import BadRequest, NotFound
+from consumer.errors import BadRequest
 
 routes = web.RouteTableDef()
 
@@ -65,8 +65,6 @@ async def list_audit(request: web.Request) -> web.Response:
 async def get_latest(request: web.Request) -> web.Response:
     """Where ``latest`` points, where its policy wants it, and whether that differs."""
     await require_scope(request, SCOPE_INDEX_READ)
-    name = request.match_info["name"]
-    if not await request.app[INDEX].has_repository(name):
-        raise NotFound(f"repository {name} is not in the index")
+    name = await indexed_repository(request)
     status = await request.app[LATEST].status(name)
     return json_model(LatestOut.model_validate(status, from_attributes=True))

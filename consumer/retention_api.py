@@ -7,8 +7,8 @@ from typing import Literal
 from aiohttp import web
 from pydantic import BaseModel
 
-from consumer.api import json_model
-from consumer.appkeys import INDEX, RETENTION
+from consumer.api import indexed_repository, json_model
+from consumer.appkeys import RETENTION
 from consumer.auth import SCOPE_INDEX_READ, require_scope
 from consumer.errors import NotFound
 
@@ -45,9 +45,7 @@ def _decision(keep: bool) -> Literal["keep", "delete"]:
 async def get_retention(request: web.Request) -> web.Response:
     """Every live tag with its decision and the rule that decided (and the untagged manifests)."""
     await require_scope(request, SCOPE_INDEX_READ)
-    name = request.match_info["name"]
-    if not await request.app[INDEX].has_repository(name):
-        raise NotFound(f"repository {name} is not in the index")
+    name = await indexed_repository(request)
     plan = await request.app[RETENTION].plan(name)
     if plan is None:
         raise NotFound(f"no retention policy applies to repository {name}")
