@@ -27,6 +27,7 @@ from consumer.appkeys import (
     INDEX,
     KEYS,
     METRICS,
+    PIPELINE,
     POLICIES,
     REDIS,
     REGISTRY_VERIFIER,
@@ -42,6 +43,7 @@ from consumer.hooks import EventHooks
 from consumer.index import TagIndex
 from consumer.logs import EVENT_ID, REQUEST_ID, request_id_from
 from consumer.metrics import Metrics
+from consumer.pipelining import SharedPipeline
 from consumer.policy import PolicySet
 from consumer.rediskeys import RedisKeys
 from consumer.settings import Settings
@@ -156,11 +158,13 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     keys = app[KEYS]
     app[REDIS] = client
+    pipeline = app[PIPELINE] = SharedPipeline.over(client)
     app[INDEX] = TagIndex(
         client,
         keys,
         dedup_ttl_seconds=settings.dedup_ttl_seconds,
         tombstone_ttl_seconds=settings.tombstone_ttl_seconds,
+        pipeline=pipeline,
     )
     app[DEAD_LETTERS] = DeadLetters(
         client,
@@ -170,6 +174,7 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     yield
     await app[HOOKS].drain(settings.shutdown_timeout_seconds)
+    await pipeline.aclose()
     await client.aclose()
 
 

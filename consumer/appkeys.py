@@ -12,6 +12,7 @@ from consumer.index import TagIndex
 from consumer.intents import DeletionIntents
 from consumer.latest import LatestKeeper
 from consumer.metrics import Metrics
+from consumer.pipelining import SharedPipeline
 from consumer.policy import PolicySet
 from consumer.reconcile import Reconciler
 from consumer.rediskeys import RedisKeys
@@ -26,6 +27,8 @@ SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", Metrics)
 KEYS = web.AppKey("redis_keys", RedisKeys)
 REDIS = web.AppKey("redis", Redis)
+# The webhook's hot path to Redis (index scripts, revocation checks), on its own connection.
+PIPELINE = web.AppKey("redis_pipeline", SharedPipeline)
 INDEX = web.AppKey("index", TagIndex)
 VERIFIER = web.AppKey("verifier", TokenVerifier)
 HOOKS = web.AppKey("event_hooks", EventHooks)

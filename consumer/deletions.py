@@ -54,9 +54,14 @@ class DeletionWatch:
         self._revoke_subject = revoke_subject
         self._locks = KeyedLocks()
 
+    @staticmethod
+    def wants(change: Change) -> bool:
+        """Only deletes can be unexpected."""
+        return change.kind in (ChangeKind.TAG_DELETE, ChangeKind.DIGEST_DELETE)
+
     async def on_change(self, change: Change) -> None:
         """Hook listener: judge delete events, ignore everything else."""
-        if change.kind not in (ChangeKind.TAG_DELETE, ChangeKind.DIGEST_DELETE):
+        if not self.wants(change):
             return
         async with self._locks.hold(change.repository):
             await self._judge(change)

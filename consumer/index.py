@@ -8,7 +8,6 @@ converges to the state timestamp order gives.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
 from consumer.envelope import Change, ChangeKind
+from consumer.pipelining import Command, RedisPyLink, SharedPipeline
 from consumer.rediskeys import RedisKeys
 
 _SCRIPTS = ("push_tag", "push_manifest", "delete_tag", "delete_digest", "pull", "mark")
@@ -118,78 +118,18 @@ class IndexStats:
     tags: int
 
 
-Command = tuple[str | int, ...]
-
-
-@dataclass(slots=True)
-class _Queued:
-    commands: list[Command]
-    replies: asyncio.Future[list[Any]]
-
-
-class SharedPipeline:
-    """Sends the commands of every caller that arrives within one event-loop turn as one pipeline.
-
-    The webhook handles many deliveries at once; with one pipeline per event, redis-py's per-round-trip
-    work (connection checkout, retry wrapper, timeouts, a socket write and a read wake-up) was the largest
-    cost of an event. Each caller's commands stay in order and each script stays one atomic EVALSHA;
-    only the round trip is shared. Not a transaction: callers never rely on each other's commands.
-    """
-
-    def __init__(self, redis: Redis) -> None:
-        self._redis = redis
-        self._queue: list[_Queued] = []
-        self._flushes: set[asyncio.Task[None]] = set()
-
-    async def send(self, commands: list[Command]) -> list[Any]:
-        """The replies to ``commands``, in order; a command's Redis error is returned as its reply.
-
-        Connection errors and timeouts are raised (to every caller that shared the round trip).
-        """
-        loop = asyncio.get_running_loop()
-        queued = _Queued(commands, loop.create_future())
-        if not self._queue:
-            # The flush runs on the next loop turn, after every handler that is ready now has queued.
-            flush = asyncio.create_task(self._flush())
-            self._flushes.add(flush)
-            flush.add_done_callback(self._flushes.discard)
-        self._queue.append(queued)
-        return await queued.replies
-
-    async def _flush(self) -> None:
-        batch, self._queue = self._queue, []
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for queued in batch:
-                    for command in queued.commands:
-                        pipe.execute_command(*command)
-                replies = await pipe.execute(raise_on_error=False)
-        except asyncio.CancelledError:
-            for queued in batch:
-                queued.replies.cancel()
-            raise
-        except Exception as exc:
-            for queued in batch:
-                if not queued.replies.done():
-                    queued.replies.set_exception(exc)
-            return
-        offset = 0
-        for queued in batch:
-            if not queued.replies.done():  # its caller may have been cancelled meanwhile
-                queued.replies.set_result(replies[offset:offset + len(queued.commands)])
-            offset += len(queued.commands)
-
-
 class TagIndex:
     """Reads and writes one Redis's tag index; scripts are registered once, here."""
 
-    def __init__(self, redis: Redis, keys: RedisKeys, *, dedup_ttl_seconds: int, tombstone_ttl_seconds: int):
+    def __init__(self, redis: Redis, keys: RedisKeys, *, dedup_ttl_seconds: int, tombstone_ttl_seconds: int,
+                 pipeline: SharedPipeline | None = None):
         self._redis = redis
         self._keys = keys
         self._dedup_ttl = dedup_ttl_seconds
         self._tomb_ttl = tombstone_ttl_seconds
         self._scripts: dict[str, AsyncScript] = {n: redis.register_script(_load_lua(n)) for n in _SCRIPTS}
-        self._pipeline = SharedPipeline(redis)
+        # Events go through the app's shared pipeline (consumer.pipelining); reads use the client.
+        self._pipeline = pipeline or SharedPipeline(RedisPyLink(redis))
 
     async def apply(self, change: Change) -> bool:
         """Apply one event; False when its id was already applied (a duplicate delivery)."""

@@ -88,12 +88,16 @@ class LatestKeeper:
         self._registry = registry
         self._locks = KeyedLocks()
 
+    def wants(self, change: Change) -> bool:
+        """A change of a tag in a repository whose policy keeps ``latest``."""
+        if change.kind not in _TAG_CHANGES:
+            return False
+        policy = self._policies.policy_for(change.repository)
+        return policy is not None and policy.latest is not None
+
     async def on_change(self, change: Change) -> None:
         """Hook listener: re-evaluate after any change of a tag."""
-        if change.kind not in _TAG_CHANGES:
-            return
-        policy = self._policies.policy_for(change.repository)
-        if policy is None or policy.latest is None:
+        if not self.wants(change):
             return
         if change.tag:
             tags = [change.tag]

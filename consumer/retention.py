@@ -413,9 +413,13 @@ class RetentionPlanner:
 
     # -- per event ------------------------------------------------------------------------------
 
+    def wants(self, change: Change) -> bool:
+        """A push or delete in a repository with a retention policy."""
+        return change.kind not in (ChangeKind.PULL, ChangeKind.IGNORED) and self.policy(change.repository) is not None
+
     async def on_change(self, change: Change) -> None:
         """The event listener (``EventHooks``): a repository's events are judged one at a time, in order."""
-        if change.kind in (ChangeKind.PULL, ChangeKind.IGNORED) or self.policy(change.repository) is None:
+        if not self.wants(change):
             return
         async with self._locks.hold(change.repository):
             await self.evaluate(change)

@@ -42,7 +42,7 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 
 from consumer.errors import BadRequest
-from consumer.index import SharedPipeline
+from consumer.pipelining import RedisPyLink, SharedPipeline
 from consumer.rediskeys import RevocationKeys
 from consumer.settings import Settings
 from consumer.tokens import Claims
@@ -103,6 +103,7 @@ class RevocationStore:
         leeway_seconds: int,
         cutoff_ttl_seconds: int,
         clock: Callable[[], float] = time.time,
+        pipeline: SharedPipeline | None = None,
     ) -> None:
         self._redis = redis
         self._keys = keys
@@ -112,7 +113,7 @@ class RevocationStore:
         self._raise_cutoff = _script(redis, "raise_cutoff")
         self._prune = _script(redis, "prune_revocations")
         # Checks of concurrent requests share one round trip (each is still its own MGET).
-        self._pipeline = SharedPipeline(redis)
+        self._pipeline = pipeline or SharedPipeline(RedisPyLink(redis))
         # (iss, jti, sub, iat) -> monotonic time until which "not revoked" may be answered from memory.
         self._not_revoked: dict[tuple[str, str, str, int], float] = {}
         self._subscribed = False
@@ -120,9 +121,10 @@ class RevocationStore:
         self._generation = 0
 
     @classmethod
-    def for_settings(cls, redis: Redis, keys: RevocationKeys, settings: Settings) -> RevocationStore:
+    def for_settings(cls, redis: Redis, keys: RevocationKeys, settings: Settings,
+                     pipeline: SharedPipeline | None = None) -> RevocationStore:
         leeway, cutoff_ttl = revocation_windows(settings)
-        return cls(redis, keys, leeway_seconds=leeway, cutoff_ttl_seconds=cutoff_ttl)
+        return cls(redis, keys, leeway_seconds=leeway, cutoff_ttl_seconds=cutoff_ttl, pipeline=pipeline)
 
     def _now(self) -> int:
         return int(self._clock())

@@ -19,7 +19,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from consumer.api import page_size
-from consumer.appkeys import KEYS, METRICS, REDIS, REGISTRY_VERIFIER, REVOCATIONS, SETTINGS, VERIFIER
+from consumer.appkeys import KEYS, METRICS, PIPELINE, REDIS, REGISTRY_VERIFIER, REVOCATIONS, SETTINGS, VERIFIER
 from consumer.auth import SCOPE_TOKENS_ADMIN, SCOPE_TOKENS_INTROSPECT, require_scope
 from consumer.background import Loops
 from consumer.errors import AuthError, BadRequest
@@ -196,7 +196,8 @@ async def _refresh_gauge(app: web.Application) -> None:
 
 async def revocation_ctx(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: the revocation store on the app's Redis client, and its prune + gauge loop."""
-    app[REVOCATIONS] = RevocationStore.for_settings(app[REDIS], app[KEYS].revocations, app[SETTINGS])
+    app[REVOCATIONS] = RevocationStore.for_settings(
+        app[REDIS], app[KEYS].revocations, app[SETTINGS], pipeline=app[PIPELINE])
     loops = Loops(on_redis_error=app[METRICS].redis_errors.inc)
     loops.every(app[SETTINGS].stats_interval_seconds, lambda: _refresh_gauge(app), name="revocation gauge")
     yield

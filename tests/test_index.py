@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 
 from consumer.envelope import Change, ChangeKind, RegistryEvent, classify
 from consumer.index import TagIndex
+from consumer.pipelining import SharedPipeline
 from consumer.rediskeys import RedisKeys
 from tests.conftest import all_scenarios, load_envelopes
 
@@ -147,17 +148,23 @@ async def test_one_round_trip_per_event_and_a_flushed_script_cache_is_reloaded(r
     assert "cmdstat_script|exists" not in stats  # no SCRIPT EXISTS round trip before each event
 
 
-async def test_concurrent_events_share_one_round_trip_and_dedup_still_holds(redis_url: str) -> None:
-    async with Redis.from_url(redis_url, client_name="shared-pipeline") as redis:
-        index = new_index(redis, "t7")
+async def test_concurrent_events_share_one_round_trip_and_dedup_still_holds(redis_client) -> None:
+    pipeline = SharedPipeline.over(redis_client)  # what the app gives the index: its own lean connection
+    try:
+        index = TagIndex(redis_client, RedisKeys("t7"), dedup_ttl_seconds=3600, tombstone_ttl_seconds=3600,
+                         pipeline=pipeline)
+        before = await redis_client.info("stats")
         changes = [make_change(ChangeKind.TAG_PUSH, f"v{i}", DIGESTS[i % 4], 1, i) for i in range(40)]
         # Every event twice in the same loop turn: exactly one of each pair may apply.
         results = await asyncio.gather(*(index.apply(c) for c in changes + changes))
         assert sum(results) == 40
         assert all(results[i] != results[i + 40] for i in range(40))
         assert len(await index.list_tags(REPO)) == 40
-        clients = [c for c in await redis.client_list() if c["name"] == "shared-pipeline"]
-        assert len(clients) == 1  # 80 concurrent applies went through one connection, not 80
+        after = await redis_client.info("stats")
+        # 80 concurrent applies went through one new connection, in one round trip's worth of commands.
+        assert after["total_connections_received"] - before["total_connections_received"] == 1
+    finally:
+        await pipeline.aclose()
 
 
 async def test_tombstones_are_forgotten_after_their_ttl(redis_client) -> None:

@@ -1,0 +1,286 @@
+"""The webhook's hot path to Redis: the commands of concurrent requests share one pipelined round trip.
+
+Every notification costs at least one Redis command (the index script, the revocation check), and the
+registry delivers them concurrently. Measured per event (bench/RESULTS.md), redis-py's per-round-trip
+machinery (pool checkout, retry wrapper, a timeout context per read, per-argument encoding) cost more
+than the rest of the event together, so the hot path talks RESP itself over one connection:
+hiredis packs every command of a loop turn into one write and parses the replies as they arrive.
+
+Semantics callers rely on: each caller's commands stay in order and are sent back to back; a command's
+own error comes back as its reply (an exception object, mapped to redis-py's classes); a connection
+failure or a reply later than the client's ``socket_timeout`` raises redis-py's ``ConnectionError`` /
+``TimeoutError`` to every caller waiting on that connection (the webhook answers 503 and the registry
+redelivers). Nothing here is a transaction: callers never rely on each other's commands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import hiredis
+import redis.exceptions
+from redis.asyncio import Redis
+from redis.asyncio.connection import Connection, UnixDomainSocketConnection
+
+Command = tuple[str | int, ...]
+
+# Error replies whose prefix redis-py maps to a narrower class; callers (and REDIS_DOWN) depend on them.
+_ERROR_PREFIXES: tuple[tuple[str, type[redis.exceptions.RedisError]], ...] = (
+    ("NOSCRIPT", redis.exceptions.NoScriptError),
+    ("LOADING", redis.exceptions.BusyLoadingError),
+    ("READONLY", redis.exceptions.ReadOnlyError),
+    ("NOAUTH", redis.exceptions.AuthenticationError),
+    ("WRONGPASS", redis.exceptions.AuthenticationError),
+)
+
+
+def _reply(value: Any) -> Any:
+    if isinstance(value, redis.exceptions.ResponseError):
+        message = str(value)
+        for prefix, error in _ERROR_PREFIXES:
+            if message.startswith(prefix):
+                return error(message)
+    return value
+
+
+class Link(Protocol):
+    """Sends a list of commands and returns their replies in order."""
+
+    async def execute(self, commands: list[Command]) -> list[Any]: ...
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass(slots=True)
+class _Waiter:
+    expected: int
+    replies: list[Any] = field(default_factory=list)
+    future: asyncio.Future[list[Any]] | None = None
+
+
+class _RespProtocol(asyncio.Protocol):
+    """Matches replies to waiters in order (Redis answers a connection's commands in order)."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.waiters: collections.deque[_Waiter] = collections.deque()
+        self.closed = False
+        self._reader = hiredis.Reader(replyError=redis.exceptions.ResponseError)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._reader.feed(data)
+        waiters = self.waiters
+        while True:
+            try:
+                value = self._reader.gets()
+            except hiredis.ProtocolError as exc:
+                self.fail(redis.exceptions.ConnectionError(f"Redis protocol error: {exc}"))
+                return
+            if value is False:
+                return
+            if not waiters:
+                self.fail(redis.exceptions.ConnectionError("Redis sent a reply nobody asked for"))
+                return
+            waiter = waiters[0]
+            waiter.replies.append(_reply(value))
+            if len(waiter.replies) == waiter.expected:
+                waiters.popleft()
+                if waiter.future is not None and not waiter.future.done():
+                    waiter.future.set_result(waiter.replies)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.fail(redis.exceptions.ConnectionError(f"Redis connection lost: {exc or 'closed by the server'}"))
+
+    def fail(self, exc: Exception) -> None:
+        """Fail every waiting caller and drop the connection (replies could no longer be matched)."""
+        self.closed = True
+        waiters, self.waiters = self.waiters, collections.deque()
+        for waiter in waiters:
+            if waiter.future is not None and not waiter.future.done():
+                waiter.future.set_exception(exc)
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class RespLink:
+    """One pipelined RESP2 connection to the Redis a redis-py client points at (TCP or unix socket).
+
+    Connects on first use and again after any failure; callers see the failure once, as redis-py would
+    raise it.
+    """
+
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 6379, path: str | None = None, db: int = 0,
+                 username: str | None = None, password: str | None = None, timeout_seconds: float | None = None,
+                 connect_timeout_seconds: float | None = None) -> None:
+        self._host, self._port, self._path = host, port, path
+        self._db, self._username, self._password = db, username, password
+        self._timeout = timeout_seconds
+        self._connect_timeout = connect_timeout_seconds or timeout_seconds
+        self._protocol: _RespProtocol | None = None
+        self._connecting: asyncio.Lock | None = None
+
+    @classmethod
+    def supports(cls, client: Redis) -> bool:
+        """Whether ``client``'s connections are plain TCP or unix sockets (TLS stays with redis-py)."""
+        return client.connection_pool.connection_class in (Connection, UnixDomainSocketConnection)
+
+    @classmethod
+    def like(cls, client: Redis) -> RespLink:
+        """A link to the same server, database and credentials as ``client``, with its timeouts."""
+        kw = client.connection_pool.connection_kwargs
+        return cls(host=kw.get("host", "127.0.0.1"), port=int(kw.get("port", 6379)), path=kw.get("path"),
+                   db=int(kw.get("db", 0) or 0), username=kw.get("username"), password=kw.get("password"),
+                   timeout_seconds=kw.get("socket_timeout"), connect_timeout_seconds=kw.get("socket_connect_timeout"))
+
+    async def execute(self, commands: list[Command]) -> list[Any]:
+        """The replies to ``commands``, in order; error replies are returned, not raised."""
+        protocol = self._protocol
+        if protocol is None or protocol.closed:
+            protocol = await self._connect()
+        return await self._send(protocol, commands)
+
+    def _send(self, protocol: _RespProtocol, commands: list[Command]) -> asyncio.Future[list[Any]]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Any]] = loop.create_future()
+        assert protocol.transport is not None
+        protocol.transport.write(b"".join([hiredis.pack_command(c) for c in commands]))  # type: ignore[arg-type]
+        protocol.waiters.append(_Waiter(len(commands), future=future))
+        if self._timeout is not None:
+            timer = loop.call_later(self._timeout, self._expire, protocol, future)
+            future.add_done_callback(lambda _: timer.cancel())
+        return future
+
+    @staticmethod
+    def _expire(protocol: _RespProtocol, future: asyncio.Future[list[Any]]) -> None:
+        if not future.done():
+            protocol.fail(redis.exceptions.TimeoutError("Timeout reading from Redis"))
+
+    async def _connect(self) -> _RespProtocol:
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:
+            if self._protocol is not None and not self._protocol.closed:
+                return self._protocol  # another caller connected meanwhile
+            loop = asyncio.get_running_loop()
+            try:
+                async with asyncio.timeout(self._connect_timeout):
+                    if self._path is not None:
+                        _, protocol = await loop.create_unix_connection(_RespProtocol, self._path)
+                    else:
+                        _, protocol = await loop.create_connection(_RespProtocol, self._host, self._port)
+                    handshake: list[Command] = []
+                    if self._password is not None:
+                        handshake.append(("AUTH", *([self._username] if self._username else []), self._password))
+                    if self._db:
+                        handshake.append(("SELECT", self._db))
+                    if handshake:
+                        for reply in await self._send(protocol, handshake):
+                            if isinstance(reply, Exception):
+                                protocol.fail(redis.exceptions.ConnectionError("handshake failed"))
+                                raise reply
+            except TimeoutError as exc:
+                raise redis.exceptions.TimeoutError("Timeout connecting to Redis") from exc
+            except OSError as exc:
+                raise redis.exceptions.ConnectionError(f"Error connecting to Redis: {exc}") from exc
+            self._protocol = protocol
+            return protocol
+
+    async def aclose(self) -> None:
+        """Close the connection; callers still waiting get ``ConnectionError``."""
+        if self._protocol is not None and not self._protocol.closed:
+            assert self._protocol.transport is not None
+            self._protocol.transport.close()
+        self._protocol = None
+
+
+class RedisPyLink:
+    """The same contract through a redis-py client's pool (for TLS and anything else RespLink does not speak)."""
+
+    def __init__(self, client: Redis) -> None:
+        self._client = client
+
+    async def execute(self, commands: list[Command]) -> list[Any]:
+        async with self._client.pipeline(transaction=False) as pipe:
+            for command in commands:
+                pipe.execute_command(*command)
+            return list(await pipe.execute(raise_on_error=False))
+
+    async def aclose(self) -> None:
+        """Nothing to close: the connections belong to the client's pool."""
+
+
+def link_for(client: Redis) -> Link:
+    """The fastest link that reaches the same Redis as ``client``."""
+    return RespLink.like(client) if RespLink.supports(client) else RedisPyLink(client)
+
+
+@dataclass(slots=True)
+class _Queued:
+    commands: list[Command]
+    replies: asyncio.Future[list[Any]]
+
+
+class SharedPipeline:
+    """Sends the commands of every caller that arrives within one event-loop turn in one write.
+
+    The webhook handles many deliveries at once; each caller's commands stay in order and each script
+    stays one atomic EVALSHA; only the round trip is shared.
+    """
+
+    def __init__(self, link: Link) -> None:
+        self._link = link
+        self._queue: list[_Queued] = []
+        self._flushes: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    def over(cls, client: Redis) -> SharedPipeline:
+        """A pipeline with its own link to ``client``'s Redis (close it with :meth:`aclose`)."""
+        return cls(link_for(client))
+
+    async def send(self, commands: list[Command]) -> list[Any]:
+        """The replies to ``commands``, in order; a command's Redis error is returned as its reply.
+
+        Connection errors and timeouts are raised (to every caller that shared the round trip).
+        """
+        loop = asyncio.get_running_loop()
+        queued = _Queued(commands, loop.create_future())
+        if not self._queue:
+            # The flush runs on the next loop turn, after every handler that is ready now has queued.
+            flush = asyncio.create_task(self._flush())
+            self._flushes.add(flush)
+            flush.add_done_callback(self._flushes.discard)
+        self._queue.append(queued)
+        return await queued.replies
+
+    async def _flush(self) -> None:
+        batch, self._queue = self._queue, []
+        commands = [command for queued in batch for command in queued.commands]
+        try:
+            replies = await self._link.execute(commands)
+        except asyncio.CancelledError:
+            for queued in batch:
+                queued.replies.cancel()
+            raise
+        except Exception as exc:
+            for queued in batch:
+                if not queued.replies.done():
+                    queued.replies.set_exception(exc)
+            return
+        offset = 0
+        for queued in batch:
+            if not queued.replies.done():  # its caller may have been cancelled meanwhile
+                queued.replies.set_result(replies[offset:offset + len(queued.commands)])
+            offset += len(queued.commands)
+
+    async def aclose(self) -> None:
+        """Wait for batches in flight, then close the link."""
+        if self._flushes:
+            await asyncio.wait(set(self._flushes), timeout=1.0)
+        await self._link.aclose()
