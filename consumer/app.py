@@ -145,8 +145,7 @@ async def webhook_metrics_middleware(request: web.Request, handler: Handler) -> 
         raise
     finally:
         if status:
-            metrics.webhook_requests.labels(str(status)).inc()
-            metrics.webhook_duration.observe(time.perf_counter() - started)
+            metrics.count_answer(status, time.perf_counter() - started)
 
 
 async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -75,6 +75,9 @@ class Metrics:
             f"{PREFIX}_webhook_requests_total", "Webhook answers by HTTP status code.", ["code"], registry=r
         )
         _init_labels(self.webhook_requests, WEBHOOK_CODES)
+        # The webhook's children, looked up once: ``labels()`` takes a lock and builds a key on every call.
+        self._event_counts = {(a, o): self.events.labels(a, o) for a in EVENT_ACTIONS for o in EVENT_OUTCOMES}
+        self._answer_counts = {code: self.webhook_requests.labels(code) for code in WEBHOOK_CODES}
         self.webhook_duration = Histogram(
             f"{PREFIX}_webhook_request_duration_seconds",
             "Time to answer one webhook delivery (the registry gives up after its timeout, 1 s by default).",
@@ -161,3 +164,19 @@ class Metrics:
             f"{PREFIX}_reconcile_runs_total", "Reconciliation runs by outcome.", ["outcome"], registry=r
         )
         _init_labels(self.reconcile_runs, RECONCILE_OUTCOMES)
+
+    def count_event(self, action: str, outcome: str) -> None:
+        """One registry event with ``outcome``; ``action`` outside :data:`EVENT_ACTIONS` counts as unknown."""
+        child = self._event_counts.get((action, outcome))
+        if child is None:
+            child = self._event_counts[("unknown", outcome)]
+        child.inc()
+
+    def count_answer(self, code: int, duration_seconds: float) -> None:
+        """One webhook answer: its status code and how long it took."""
+        key = str(code)
+        child = self._answer_counts.get(key)
+        if child is None:
+            child = self.webhook_requests.labels(key)
+        child.inc()
+        self.webhook_duration.observe(duration_seconds)

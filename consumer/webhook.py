@@ -7,6 +7,7 @@ registry retries any other answer forever and blocks every later event behind it
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -17,7 +18,7 @@ from pydantic import ValidationError
 
 from consumer.appkeys import DEAD_LETTERS, HOOKS, INDEX, METRICS, SETTINGS
 from consumer.auth import SCOPE_EVENTS_WRITE, require_scope
-from consumer.envelope import ChangeKind, RegistryEvent, classify
+from consumer.envelope import Change, ChangeKind, parse_envelope, parse_event
 from consumer.errors import PayloadTooLarge
 from consumer.logs import EVENT_ID
 
@@ -72,50 +73,78 @@ async def read_body(request: web.Request, max_bytes: int) -> bytes:
     return body
 
 
+@functools.lru_cache(maxsize=64)
+def _answer_body(applied: int, duplicate: int, ignored: int, dead_lettered: int) -> bytes:
+    return json.dumps(
+        {"applied": applied, "duplicate": duplicate, "ignored": ignored, "dead_lettered": dead_lettered}
+    ).encode()
+
+
+def _answer(counts: dict[str, int]) -> web.Response:
+    # The same few bodies over and over: encoded once each (json_response showed in the profile).
+    body = _answer_body(counts["applied"], counts["duplicate"], counts["ignored"], counts["dead_lettered"])
+    return web.Response(body=body, content_type="application/json")
+
+
 @routes.post("/v1/events")
 async def receive_events(request: web.Request) -> web.Response:
     """Apply each event of the envelope to the index; see the module docstring for the answers."""
     await require_scope(request, SCOPE_EVENTS_WRITE)
     app = request.app
     body = await read_body(request, app[SETTINGS].max_body_bytes)
-    metrics, index, dead_letters, hooks = app[METRICS], app[INDEX], app[DEAD_LETTERS], app[HOOKS]
+    counts = {"applied": 0, "duplicate": 0, "ignored": 0, "dead_lettered": 0}
+    changes = parse_envelope(body)
+    if changes is not None:
+        for change in changes:
+            EVENT_ID.set(change.event_id)
+            await _apply(app, change, counts)
+    else:
+        await _apply_one_by_one(app, body, counts)
+    EVENT_ID.set(None)
+    app[METRICS].last_event_timestamp.set(time.time())
+    return _answer(counts)
+
+
+async def _apply(app: web.Application, change: Change, counts: dict[str, int]) -> None:
+    applied = await app[INDEX].apply(change)
+    if not applied:
+        outcome = "duplicate"
+    elif change.kind is ChangeKind.IGNORED:
+        outcome = "ignored"
+    else:
+        outcome = "applied"
+        app[HOOKS].publish(change)
+    counts[outcome] += 1
+    app[METRICS].count_event(change.action, outcome)
+    log.debug(
+        "event %s", outcome,
+        extra={"event_id": change.event_id, "action": change.action, "repository": change.repository},
+    )
+
+
+async def _apply_one_by_one(app: web.Application, body: bytes, counts: dict[str, int]) -> None:
+    """The slow path for an envelope that is not valid as a whole: judge each event on its own."""
+    metrics, dead_letters = app[METRICS], app[DEAD_LETTERS]
     events, reason = _events_of(body)
     if events is None:
         await dead_letters.add(reason, body)
-        metrics.events.labels("unknown", "dead_lettered").inc()
+        metrics.count_event("unknown", "dead_lettered")
+        counts["dead_lettered"] += 1
         log.warning("envelope dead-lettered", extra={"reason": reason})
-        return web.json_response({"accepted": 0, "dead_lettered": 1})
-    counts = {"applied": 0, "duplicate": 0, "ignored": 0, "dead_lettered": 0}
+        return
     for raw in events:
         # Every log line about this event carries its id, including those of the listeners published below
         # (their tasks copy the context as it is now).
         EVENT_ID.set(_raw_event_id(raw))
         try:
-            change = classify(RegistryEvent.model_validate(raw))
+            change = parse_event(raw)
         except (ValidationError, ValueError, TypeError) as exc:
             # Anything unusable lands in the dead-letter stream: a 4xx or 5xx here would wedge the registry.
             reason = _validation_reason(exc)
             await dead_letters.add(reason, json.dumps(raw, default=str))
             action = raw.get("action") if isinstance(raw, dict) else None
-            label = action if action in ("push", "pull", "delete", "mount") else "unknown"
-            metrics.events.labels(label, "dead_lettered").inc()
+            metrics.count_event(action if isinstance(action, str) else "unknown", "dead_lettered")
             counts["dead_lettered"] += 1
             log.warning("event dead-lettered", extra={"reason": reason})
             continue
-        applied = await index.apply(change)
-        if not applied:
-            outcome = "duplicate"
-        elif change.kind is ChangeKind.IGNORED:
-            outcome = "ignored"
-        else:
-            outcome = "applied"
-            hooks.publish(change)
-        counts[outcome] += 1
-        metrics.events.labels(change.action, outcome).inc()
-        log.debug(
-            "event %s", outcome,
-            extra={"event_id": change.event_id, "action": change.action, "repository": change.repository},
-        )
-    EVENT_ID.set(None)
-    metrics.last_event_timestamp.set(time.time())
-    return web.json_response(counts)
+        await _apply(app, change, counts)

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
-from consumer.envelope import Change, ChangeKind, RegistryEvent, classify
+from consumer.envelope import Change, ChangeKind, parse_event
 from consumer.index import TagIndex
 from consumer.pipelining import SharedPipeline
 from consumer.rediskeys import RedisKeys
@@ -60,7 +60,7 @@ def make_change(kind: ChangeKind, tag: str | None, digest: str | None, second: i
     if digest is not None:
         target["digest"] = digest
     event["target"] = target
-    change = classify(RegistryEvent.model_validate(event))
+    change = parse_event(event)
     assert change.kind is kind
     return change
 
