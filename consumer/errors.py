@@ -1,4 +1,4 @@
-"""The domain error hierarchy. `consumer.app.error_middleware` maps it to HTTP answers in one place."""
+"""The domain error hierarchy. `consumer.app.edge_middleware` maps it to HTTP answers in one place."""
 
 from __future__ import annotations
 

@@ -50,6 +50,14 @@ def text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _json_strings(items: tuple[str, ...]) -> str:
+    """A JSON list of strings; digests need no escaping, so the encoder is skipped for them (hot path)."""
+    joined = '","'.join(items)
+    if '"' in joined or "\\" in joined or not joined.isprintable():
+        return json.dumps(list(items))
+    return f'["{joined}"]'
+
+
 def _int(value: Any) -> int | None:
     return int(value) if value not in (None, "") else None
 
@@ -137,7 +145,7 @@ class TagIndex:
         args: list[str | int] = [self._dedup_ttl, self._tomb_ttl, int(time.time())]
         ts = str(change.timestamp_us)
         size = "" if change.size is None else str(change.size)
-        refs = json.dumps(list(change.references)) if change.references else ""
+        refs = _json_strings(change.references) if change.references else ""
         match change.kind:
             case ChangeKind.TAG_PUSH:
                 args += [change.tag or "", change.digest or "", ts, change.media_type or "", size,

@@ -46,8 +46,20 @@ def _reply(value: Any) -> Any:
     return value
 
 
+@dataclass(slots=True)
+class Queued:
+    """One caller's commands and the future its replies go to."""
+
+    commands: list[Command]
+    replies: asyncio.Future[list[Any]]
+
+
 class Link(Protocol):
     """Sends a list of commands and returns their replies in order."""
+
+    def try_send(self, batch: list[Queued]) -> bool:
+        """Send ``batch`` now, without awaiting, if the link can (each future gets its replies later)."""
+        ...
 
     async def execute(self, commands: list[Command]) -> list[Any]: ...
 
@@ -57,8 +69,9 @@ class Link(Protocol):
 @dataclass(slots=True)
 class _Waiter:
     expected: int
+    future: asyncio.Future[list[Any]]
     replies: list[Any] = field(default_factory=list)
-    future: asyncio.Future[list[Any]] | None = None
+    timer: asyncio.TimerHandle | None = None
 
 
 class _RespProtocol(asyncio.Protocol):
@@ -92,7 +105,9 @@ class _RespProtocol(asyncio.Protocol):
             waiter.replies.append(_reply(value))
             if len(waiter.replies) == waiter.expected:
                 waiters.popleft()
-                if waiter.future is not None and not waiter.future.done():
+                if waiter.timer is not None:
+                    waiter.timer.cancel()
+                if not waiter.future.done():  # its caller may have been cancelled meanwhile
                     waiter.future.set_result(waiter.replies)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -103,7 +118,9 @@ class _RespProtocol(asyncio.Protocol):
         self.closed = True
         waiters, self.waiters = self.waiters, collections.deque()
         for waiter in waiters:
-            if waiter.future is not None and not waiter.future.done():
+            if waiter.timer is not None:
+                waiter.timer.cancel()
+            if not waiter.future.done():
                 waiter.future.set_exception(exc)
         if self.transport is not None:
             self.transport.abort()
@@ -139,27 +156,37 @@ class RespLink:
                    db=int(kw.get("db", 0) or 0), username=kw.get("username"), password=kw.get("password"),
                    timeout_seconds=kw.get("socket_timeout"), connect_timeout_seconds=kw.get("socket_connect_timeout"))
 
+    def try_send(self, batch: list[Queued]) -> bool:
+        """Write every command of ``batch`` in one write if connected; False (nothing sent) if not."""
+        protocol = self._protocol
+        if protocol is None or protocol.closed:
+            return False
+        self._write(protocol, batch)
+        return True
+
     async def execute(self, commands: list[Command]) -> list[Any]:
         """The replies to ``commands``, in order; error replies are returned, not raised."""
         protocol = self._protocol
         if protocol is None or protocol.closed:
             protocol = await self._connect()
-        return await self._send(protocol, commands)
+        queued = Queued(commands, asyncio.get_running_loop().create_future())
+        self._write(protocol, [queued])
+        return await queued.replies
 
-    def _send(self, protocol: _RespProtocol, commands: list[Command]) -> asyncio.Future[list[Any]]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[Any]] = loop.create_future()
+    def _write(self, protocol: _RespProtocol, batch: list[Queued]) -> None:
         assert protocol.transport is not None
-        protocol.transport.write(b"".join([hiredis.pack_command(c) for c in commands]))  # type: ignore[arg-type]
-        protocol.waiters.append(_Waiter(len(commands), future=future))
+        pack = hiredis.pack_command
+        protocol.transport.write(b"".join([pack(c) for q in batch for c in q.commands]))  # type: ignore[arg-type]
+        waiters = [_Waiter(len(q.commands), q.replies) for q in batch]
+        protocol.waiters.extend(waiters)
         if self._timeout is not None:
-            timer = loop.call_later(self._timeout, self._expire, protocol, future)
-            future.add_done_callback(lambda _: timer.cancel())
-        return future
+            # Replies come in order: when the batch's last one is late, so is the connection.
+            last = waiters[-1]
+            last.timer = asyncio.get_running_loop().call_later(self._timeout, self._expire, protocol, last)
 
     @staticmethod
-    def _expire(protocol: _RespProtocol, future: asyncio.Future[list[Any]]) -> None:
-        if not future.done():
+    def _expire(protocol: _RespProtocol, waiter: _Waiter) -> None:
+        if len(waiter.replies) < waiter.expected:
             protocol.fail(redis.exceptions.TimeoutError("Timeout reading from Redis"))
 
     async def _connect(self) -> _RespProtocol:
@@ -181,7 +208,9 @@ class RespLink:
                     if self._db:
                         handshake.append(("SELECT", self._db))
                     if handshake:
-                        for reply in await self._send(protocol, handshake):
+                        queued = Queued(handshake, loop.create_future())
+                        self._write(protocol, [queued])
+                        for reply in await queued.replies:
                             if isinstance(reply, Exception):
                                 protocol.fail(redis.exceptions.ConnectionError("handshake failed"))
                                 raise reply
@@ -206,6 +235,10 @@ class RedisPyLink:
     def __init__(self, client: Redis) -> None:
         self._client = client
 
+    def try_send(self, batch: list[Queued]) -> bool:
+        """Never: redis-py's pipeline is awaited (the caller falls back to :meth:`execute`)."""
+        return False
+
     async def execute(self, commands: list[Command]) -> list[Any]:
         async with self._client.pipeline(transaction=False) as pipe:
             for command in commands:
@@ -221,12 +254,6 @@ def link_for(client: Redis) -> Link:
     return RespLink.like(client) if RespLink.supports(client) else RedisPyLink(client)
 
 
-@dataclass(slots=True)
-class _Queued:
-    commands: list[Command]
-    replies: asyncio.Future[list[Any]]
-
-
 class SharedPipeline:
     """Sends the commands of every caller that arrives within one event-loop turn in one write.
 
@@ -236,7 +263,7 @@ class SharedPipeline:
 
     def __init__(self, link: Link) -> None:
         self._link = link
-        self._queue: list[_Queued] = []
+        self._queue: list[Queued] = []
         self._flushes: set[asyncio.Task[None]] = set()
 
     @classmethod
@@ -250,17 +277,23 @@ class SharedPipeline:
         Connection errors and timeouts are raised (to every caller that shared the round trip).
         """
         loop = asyncio.get_running_loop()
-        queued = _Queued(commands, loop.create_future())
+        queued = Queued(commands, loop.create_future())
         if not self._queue:
-            # The flush runs on the next loop turn, after every handler that is ready now has queued.
-            flush = asyncio.create_task(self._flush())
-            self._flushes.add(flush)
-            flush.add_done_callback(self._flushes.discard)
+            # Flushed on the next loop turn, after every handler that is ready now has queued. A plain
+            # callback, not a task: with the link connected, the write needs no await.
+            loop.call_soon(self._flush)
         self._queue.append(queued)
         return await queued.replies
 
-    async def _flush(self) -> None:
+    def _flush(self) -> None:
         batch, self._queue = self._queue, []
+        if not self._link.try_send(batch):
+            flush = asyncio.create_task(self._flush_awaiting(batch))
+            self._flushes.add(flush)
+            flush.add_done_callback(self._flushes.discard)
+
+    async def _flush_awaiting(self, batch: list[Queued]) -> None:
+        """The batch through ``execute`` (the link connects first, or is redis-py's)."""
         commands = [command for queued in batch for command in queued.commands]
         try:
             replies = await self._link.execute(commands)

@@ -116,10 +116,11 @@ async def _apply(app: web.Application, change: Change, counts: dict[str, int]) -
         app[HOOKS].publish(change)
     counts[outcome] += 1
     app[METRICS].count_event(change.action, outcome)
-    log.debug(
-        "event %s", outcome,
-        extra={"event_id": change.event_id, "action": change.action, "repository": change.repository},
-    )
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug(
+            "event %s", outcome,
+            extra={"event_id": change.event_id, "action": change.action, "repository": change.repository},
+        )
 
 
 async def _apply_one_by_one(app: web.Application, body: bytes, counts: dict[str, int]) -> None:

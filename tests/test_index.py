@@ -218,3 +218,14 @@ def test_timestamps_keep_microseconds_exactly() -> None:
     assert change.timestamp_us % 1_000_000 == 123456
     later = replace(change, timestamp_us=change.timestamp_us + 1)
     assert later.timestamp_us > change.timestamp_us
+
+
+async def test_references_round_trip_whatever_their_characters(redis_client) -> None:
+    """References are stored as a JSON list; digests skip the encoder, anything else must still round-trip."""
+    index = new_index(redis_client, "t8")
+    odd = ('sha256:plain', 'with"quote', "back\\slash", "new\nline", "caf\u00e9")
+    for n, refs in enumerate([odd[:1], odd]):
+        change = replace(make_change(ChangeKind.MANIFEST_PUSH, None, DIGESTS[n], 1), references=refs)
+        assert await index.apply(change) is True
+        info = await index.get_manifest(REPO, DIGESTS[n])
+        assert info is not None and info.references == list(refs)
