@@ -57,6 +57,8 @@ from tests.support.redis_server import RedisServer  # noqa: E402
 BENCH = Path(__file__).resolve().parent
 LUA_SCRIPT = BENCH / "wrk" / "events.lua"
 BASELINE_APP = BENCH / "baseline_app.py"
+LADDER_APP = BENCH / "ladder_app.py"
+LADDER_STEPS = ("read", "auth", "validate")  # bench/ladder_app.py's partial webhooks, cheapest first
 # The manifest push by tag recorded from a real registry 2.8.2 (a copy of ../shared/registry-events).
 ENVELOPE = ROOT / "tests/fixtures/registry-events/distribution-2.8.2/01-push-oci-single-arch-tag/003.json"
 EVENTS_PATH = "/v1/events"
@@ -452,6 +454,14 @@ def _row(name: str, m: Measurement) -> str:
             f"{c['redis']:>6.2f} {c['wrk']:>5.2f} {c['other']:>6.2f}")
 
 
+_LADDER_LABELS = {
+    "read": "read: consumer app, middleware, read body, answer",
+    "auth": "auth: + bearer token verified, revocation checked",
+    "validate": "validate: + envelope validated and classified",
+    "consumer": "consumer: + dedup and index update in Redis, listeners, metrics",
+}
+
+
 def report(measurements: list[Measurement], info: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
     """Print the table and return the summary (medians over rounds)."""
     print()
@@ -477,6 +487,17 @@ def report(measurements: list[Measurement], info: dict[str, str], args: argparse
         }
     ratio = summary["consumer"]["events_per_second"] / summary["baseline"]["events_per_second"]
     summary["ratio"] = ratio
+    steps = [name for name in LADDER_STEPS if any(m.target == name for m in measurements)]
+    if steps:
+        print("\nladder (bench/ladder_app.py; medians; ratio = events/s against the baseline, us/ev = server CPU):")
+        for name in (*steps, "consumer"):
+            mine = [m for m in measurements if m.target == name]
+            eps = statistics.median(m.wrk.events_per_second for m in mine)
+            cpu = statistics.median(1e6 * m.cpu_cores["server"] / m.wrk.events_per_second for m in mine)
+            summary.setdefault("ladder", {})[name] = {"events_per_second": eps, "cpu_us_per_event": cpu,
+                                                      "ratio": eps / summary["baseline"]["events_per_second"]}
+            print(f"  {_LADDER_LABELS[name]:<58} {eps:>7.0f} events/s  {cpu:>5.0f} us/ev  "
+                  f"ratio {eps / summary['baseline']['events_per_second']:.3f}")
     print()
     print(f"(CPU columns in cores of {os.cpu_count()}; us/ev = server CPU microseconds per event, the "
           "least noise-sensitive number; other = everything else busy on the machine, incl. py-spy)")
@@ -492,7 +513,7 @@ def report(measurements: list[Measurement], info: dict[str, str], args: argparse
 
 def run(args: argparse.Namespace, workdir: Path) -> int:
     redis_server = RedisServer(workdir / "redis")
-    consumer_port, baseline_port = free_port(), free_port()
+    consumer_port, baseline_port, ladder_port = free_port(), free_port(), free_port()
     secret = secrets.token_hex(32)
     env = {
         **_clean_env(),
@@ -506,6 +527,8 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
     baseline = ManagedProcess("baseline", [sys.executable, str(BASELINE_APP), "--listen",
                                            f"{LOOPBACK}:{baseline_port}"], workdir / "baseline.log",
                               env=_clean_env(), cwd=ROOT)
+    ladder = ManagedProcess("ladder", [sys.executable, str(LADDER_APP), "--listen", f"{LOOPBACK}:{ladder_port}"],
+                            workdir / "ladder.log", env=env, cwd=ROOT) if args.ladder else None
     redis_client: redis.Redis | None = None
     try:
         redis_server.start()
@@ -519,6 +542,12 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
             "baseline": Target("baseline", f"http://{LOOPBACK}:{baseline_port}", baseline),
             "consumer": Target("consumer", f"http://{LOOPBACK}:{consumer_port}", consumer),
         }
+        if ladder is not None:
+            ladder.start()
+            wait_for_port(LOOPBACK, ladder_port, timeout=20, process=ladder)
+            _wait_ready(f"http://{LOOPBACK}:{ladder_port}/readyz", ladder)
+            for step in LADDER_STEPS:
+                targets[step] = Target(step, f"http://{LOOPBACK}:{ladder_port}/ladder/{step}", ladder)
         _wait_ready(targets["consumer"].url + "/readyz", consumer)
         # The public way to get a token (what an operator pastes into the registry's config).
         token = run_checked([sys.executable, "-m", "consumer", "token", "mint", "--sub", "registry",
@@ -535,7 +564,9 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
         measurements = []
         for round_no in range(args.rounds):
             # Alternate the order so neither target always runs on a machine warmed by the other.
-            order = ["baseline", "consumer"] if round_no % 2 == 0 else ["consumer", "baseline"]
+            order = ["baseline", *(LADDER_STEPS if ladder is not None else ()), "consumer"]
+            if round_no % 2:
+                order.reverse()
             for name in order:
                 run_no += 1
                 if args.quiet_wait > 0:
@@ -562,8 +593,9 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
     finally:
         if redis_client is not None:
             redis_client.close()
-        for proc in (baseline, consumer):
-            proc.stop()
+        for proc in (baseline, consumer, ladder):
+            if proc is not None:
+                proc.stop()
         redis_server.stop()
 
 
@@ -584,6 +616,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile", type=Path, default=None,
                         help="sample the consumer with py-spy during its measured runs; stacks go to this dir")
     parser.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy", help="py-spy binary")
+    parser.add_argument("--ladder", action="store_true",
+                        help="also measure bench/ladder_app.py's partial webhooks (read, auth, validate)")
     parser.add_argument("--wrk", default=shutil.which("wrk") or "/usr/bin/wrk", help="wrk binary")
     return parser.parse_args(argv)
 
