@@ -287,7 +287,15 @@ class SharedPipeline:
 
     def _flush(self) -> None:
         batch, self._queue = self._queue, []
-        if not self._link.try_send(batch):
+        try:
+            sent = self._link.try_send(batch)
+        except Exception as exc:  # e.g. an argument RESP cannot carry: nothing was written
+            # A loop callback's exception would only be logged, leaving every caller waiting forever.
+            for queued in batch:
+                if not queued.replies.done():
+                    queued.replies.set_exception(exc)
+            return
+        if not sent:
             flush = asyncio.create_task(self._flush_awaiting(batch))
             self._flushes.add(flush)
             flush.add_done_callback(self._flushes.discard)

@@ -134,3 +134,17 @@ async def test_the_redis_py_link_keeps_the_same_contract(redis_client: Redis) ->
     replies = await asyncio.gather(pipeline.send([("SET", "q", "1")]), pipeline.send([("INCR", "p:str")]))
     assert replies[0] == [True]  # redis-py's own reply conversion
     assert isinstance(replies[1][0], redis.exceptions.ResponseError)
+
+
+async def test_a_command_resp_cannot_carry_fails_its_batch_instead_of_hanging(redis_client: Redis) -> None:
+    pipeline = SharedPipeline.over(redis_client)
+    try:
+        assert await pipeline.send([("PING",)]) == [b"PONG"]  # connected: the next batch is written at once
+        results = await asyncio.wait_for(
+            asyncio.gather(pipeline.send([("SET", "k", None)]), pipeline.send([("PING",)]), return_exceptions=True),
+            timeout=5,
+        )
+        assert all(isinstance(r, TypeError) for r in results)
+        assert await pipeline.send([("PING",)]) == [b"PONG"]  # and the link still works
+    finally:
+        await pipeline.aclose()
