@@ -127,10 +127,9 @@ def parse_envelope(body: bytes) -> list[Change] | None:
     the index).
     """
     try:
-        events = _ENVELOPE.validate_json(body)["events"]
-    except ValueError:  # pydantic's ValidationError, also for malformed JSON
+        return [classify(event) for event in _ENVELOPE.validate_json(body)["events"]]
+    except (ValueError, TypeError):  # pydantic's ValidationError (malformed JSON too), or classify's
         return None
-    return [classify(event) for event in events]
 
 
 class ChangeKind(enum.Enum):
