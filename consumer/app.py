@@ -159,8 +159,9 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def refresh_gauges(app: web.Application) -> None:
-    """Recompute the gauges that summarise Redis state (index size, dead letters)."""
+    """Recompute the gauges that summarise state (listener backlog, index size, dead letters)."""
     metrics = app[METRICS]
+    metrics.listener_backlog.set(app[HOOKS].pending)  # first: it needs no Redis
     stats = await app[INDEX].stats()
     metrics.index_repositories.set(stats.repositories)
     metrics.index_tags.set(stats.tags)

@@ -28,6 +28,11 @@ class EventHooks:
         self._listeners: list[tuple[Listener, Interest]] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
+    @property
+    def pending(self) -> int:
+        """Listener runs started and not finished (they queue on per-repository locks in a burst)."""
+        return len(self._tasks)
+
     def subscribe(self, listener: Listener, *, wants: Interest = _any_change) -> None:
         """Call ``listener`` for every applied change that ``wants`` accepts (all of them by default).
 

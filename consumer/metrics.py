@@ -115,6 +115,12 @@ class Metrics:
             f"{PREFIX}_index_repositories", "Repositories in the tag index.", registry=r
         )
         self.index_tags = Gauge(f"{PREFIX}_index_tags", "Live tags in the tag index.", registry=r)
+        self.listener_backlog = Gauge(
+            f"{PREFIX}_listener_backlog",
+            "Policy listener runs (latest, retention, deletion checks) started for applied events and not finished "
+            "in this process; growing means policies fall behind the webhook.",
+            registry=r,
+        )
         self.dead_letter_entries = Gauge(
             f"{PREFIX}_dead_letter_entries", "Entries in the capped dead-letter stream.", registry=r
         )

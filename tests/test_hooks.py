@@ -49,3 +49,19 @@ async def test_a_failing_listener_does_not_stop_the_others() -> None:
     hooks.publish(change(ChangeKind.TAG_PUSH))
     await hooks.drain(5)
     assert seen == ["tag_push-team/app"]
+
+
+async def test_pending_counts_listener_runs_until_they_finish() -> None:
+    hooks = EventHooks()
+    release = asyncio.Event()
+
+    async def slow(c: Change) -> None:
+        await release.wait()
+
+    hooks.subscribe(slow, wants=lambda c: c.kind is not ChangeKind.PULL)
+    for kind in (ChangeKind.TAG_PUSH, ChangeKind.TAG_DELETE, ChangeKind.PULL):
+        hooks.publish(change(kind))
+    assert hooks.pending == 2
+    release.set()
+    await hooks.drain(5)
+    assert hooks.pending == 0

@@ -279,3 +279,25 @@ async def test_a_client_that_drops_mid_body_is_no_server_error(client, auth_head
     assert counter(metrics, "registry_consumer_webhook_requests_total", code="500") == 0
     assert counter(metrics, "registry_consumer_webhook_requests_total", code="200") == 1
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+async def test_the_listener_backlog_gauge_shows_runs_in_flight(client, auth_headers, metrics) -> None:
+    from consumer.app import refresh_gauges
+    from consumer.appkeys import HOOKS
+
+    release = asyncio.Event()
+
+    async def stuck(change: Any) -> None:
+        await release.wait()
+
+    app = client.app
+    app[HOOKS].subscribe(stuck)
+    await replay(client, auth_headers, [V282[0]])
+    applied = counter(metrics, "registry_consumer_events_total", action="push", outcome="applied")
+    await refresh_gauges(app)
+    assert applied > 0
+    assert metrics.registry.get_sample_value("registry_consumer_listener_backlog") == applied
+    release.set()
+    await app[HOOKS].drain(5)
+    await refresh_gauges(app)
+    assert metrics.registry.get_sample_value("registry_consumer_listener_backlog") == 0

@@ -22,6 +22,7 @@ CONSUMER_METRICS: dict[str, str] = {
     "auth_failures_total": "counter",
     "index_repositories": "gauge",
     "index_tags": "gauge",
+    "listener_backlog": "gauge",
     "dead_letter_entries": "gauge",
     "last_event_timestamp_seconds": "gauge",
     "token_revocations_total": "counter",
