@@ -169,6 +169,9 @@ class RespLink:
         protocol = self._protocol
         if protocol is None or protocol.closed:
             protocol = await self._connect()
+        return await self._request(protocol, commands)
+
+    async def _request(self, protocol: _RespProtocol, commands: list[Command]) -> list[Any]:
         queued = Queued(commands, asyncio.get_running_loop().create_future())
         self._write(protocol, [queued])
         return await queued.replies
@@ -208,9 +211,7 @@ class RespLink:
                     if self._db:
                         handshake.append(("SELECT", self._db))
                     if handshake:
-                        queued = Queued(handshake, loop.create_future())
-                        self._write(protocol, [queued])
-                        for reply in await queued.replies:
+                        for reply in await self._request(protocol, handshake):
                             if isinstance(reply, Exception):
                                 protocol.fail(redis.exceptions.ConnectionError("handshake failed"))
                                 raise reply
