@@ -8,7 +8,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
-from redis.asyncio import Redis
 
 from consumer import (
     api,
@@ -37,6 +36,7 @@ from consumer.appkeys import (
 )
 from consumer.auth import revocation_cache_ctx
 from consumer.background import REDIS_DOWN, Loops
+from consumer.connections import open_redis
 from consumer.deadletters import DeadLetters
 from consumer.errors import AuthError, ConsumerError, ForbiddenError, StoreUnavailable
 from consumer.hooks import EventHooks
@@ -131,11 +131,7 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    client = Redis.from_url(
-        settings.redis_url,
-        socket_timeout=settings.redis_timeout_seconds,
-        socket_connect_timeout=settings.redis_timeout_seconds,
-    )
+    client = open_redis(settings)
     keys = app[KEYS]
     app[REDIS] = client
     pipeline = app[PIPELINE] = SharedPipeline.over(client)

@@ -56,12 +56,10 @@ def _trusted_verifiers(settings: Settings) -> list[TokenVerifier]:
 
 
 async def _with_store(settings: Settings, use: Callable[[RevocationStore], Awaitable[int]]) -> int:
-    from redis.asyncio import Redis
-
+    from consumer.connections import open_redis
     from consumer.rediskeys import RedisKeys
 
-    client = Redis.from_url(settings.redis_url, socket_timeout=settings.redis_timeout_seconds,
-                            socket_connect_timeout=settings.redis_timeout_seconds)
+    client = open_redis(settings, role="cli")
     try:
         return await use(RevocationStore.for_settings(client, RedisKeys(settings.key_prefix).revocations, settings))
     finally:

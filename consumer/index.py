@@ -18,8 +18,9 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
+from consumer.connections import Command
 from consumer.envelope import Change, ChangeKind
-from consumer.pipelining import Command, RedisPyLink, SharedPipeline
+from consumer.pipelining import RedisPyLink, SharedPipeline
 from consumer.rediskeys import RedisKeys
 
 _SCRIPTS = ("push_tag", "push_manifest", "delete_tag", "delete_digest", "pull", "mark")

@@ -25,7 +25,7 @@ import redis.exceptions
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 
-Command = tuple[str | int, ...]
+from consumer.connections import Command, handshake, role_name
 
 # Error replies whose prefix redis-py maps to a narrower class; callers (and REDIS_DOWN) depend on them.
 _ERROR_PREFIXES: tuple[tuple[str, type[redis.exceptions.RedisError]], ...] = (
@@ -135,9 +135,9 @@ class RespLink:
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 6379, path: str | None = None, db: int = 0,
                  username: str | None = None, password: str | None = None, timeout_seconds: float | None = None,
-                 connect_timeout_seconds: float | None = None) -> None:
+                 connect_timeout_seconds: float | None = None, client_name: str | None = None) -> None:
         self._host, self._port, self._path = host, port, path
-        self._db, self._username, self._password = db, username, password
+        self._handshake = handshake(username=username, password=password, db=db, client_name=client_name)
         self._timeout = timeout_seconds
         self._connect_timeout = connect_timeout_seconds or timeout_seconds
         self._protocol: _RespProtocol | None = None
@@ -150,11 +150,13 @@ class RespLink:
 
     @classmethod
     def like(cls, client: Redis) -> RespLink:
-        """A link to the same server, database and credentials as ``client``, with its timeouts."""
+        """A link to the same server, database and credentials as ``client``, with its timeouts; named
+        ``<client's name>:webhook``."""
         kw = client.connection_pool.connection_kwargs
         return cls(host=kw.get("host", "127.0.0.1"), port=int(kw.get("port", 6379)), path=kw.get("path"),
                    db=int(kw.get("db", 0) or 0), username=kw.get("username"), password=kw.get("password"),
-                   timeout_seconds=kw.get("socket_timeout"), connect_timeout_seconds=kw.get("socket_connect_timeout"))
+                   timeout_seconds=kw.get("socket_timeout"), connect_timeout_seconds=kw.get("socket_connect_timeout"),
+                   client_name=role_name(client, "webhook"))
 
     def try_send(self, batch: list[Queued]) -> bool:
         """Write every command of ``batch`` in one write if connected; False (nothing sent) if not."""
@@ -205,13 +207,8 @@ class RespLink:
                         _, protocol = await loop.create_unix_connection(_RespProtocol, self._path)
                     else:
                         _, protocol = await loop.create_connection(_RespProtocol, self._host, self._port)
-                    handshake: list[Command] = []
-                    if self._password is not None:
-                        handshake.append(("AUTH", *([self._username] if self._username else []), self._password))
-                    if self._db:
-                        handshake.append(("SELECT", self._db))
-                    if handshake:
-                        for reply in await self._request(protocol, handshake):
+                    if self._handshake:
+                        for reply in await self._request(protocol, self._handshake):
                             if isinstance(reply, Exception):
                                 protocol.fail(redis.exceptions.ConnectionError("handshake failed"))
                                 raise reply

@@ -31,6 +31,7 @@ from consumer.appkeys import (
 )
 from consumer.audit import AuditLog
 from consumer.background import Loops
+from consumer.connections import open_redis
 from consumer.deletions import DeletionWatch, SubjectRevoker
 from consumer.errors import ConfigError, RegistryError
 from consumer.index import TagIndex
@@ -176,7 +177,7 @@ async def reconcile_once(settings: Settings, repository: str | None = None) -> R
             "invalid configuration: registry: required to reconcile (set registry.url or "
             "REGISTRY_CONSUMER_REGISTRY_URL)"
         )
-    redis = Redis.from_url(settings.redis_url, socket_timeout=max(settings.redis_timeout_seconds, 5.0))
+    redis = open_redis(settings, role="reconcile", min_timeout_seconds=5.0)
     keys = RedisKeys(settings.key_prefix)
     try:
         index = TagIndex(

@@ -41,6 +41,7 @@ import redis.exceptions
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 
+from consumer.connections import handshake, role_name
 from consumer.errors import BadRequest
 from consumer.pipelining import RedisPyLink, SharedPipeline
 from consumer.rediskeys import RevocationKeys
@@ -229,11 +230,10 @@ class RevocationStore:
                 timeout = kwargs.get("socket_connect_timeout") or kwargs.get("socket_timeout") or 5.0
                 transport, _ = await asyncio.wait_for(connecting, timeout)
                 try:
-                    commands: list[tuple[Any, ...]] = [("AUTH", kwargs["username"] or "default", kwargs["password"])
-                                if kwargs.get("username") else ("AUTH", kwargs["password"])] \
-                        if kwargs.get("password") else []
+                    commands = handshake(username=kwargs.get("username"), password=kwargs.get("password"),
+                                         client_name=role_name(self._redis, "revocations"))
                     commands.append(("SUBSCRIBE", self._keys.changed_channel))
-                    transport.write(b"".join(hiredis.pack_command(c) for c in commands))
+                    transport.write(b"".join(hiredis.pack_command(c) for c in commands))  # type: ignore[arg-type]
                     await asyncio.wait_for(channel.wait_subscribed(len(commands)), timeout)
                     self._invalidate()  # whatever was published while not subscribed is unknown
                     self._subscribed = True
