@@ -189,10 +189,10 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> web.App
         middlewares=[edge_middleware],
     )
     app[SETTINGS] = settings
-    app[METRICS] = metrics or Metrics()
+    app[METRICS] = metrics = metrics or Metrics()
     app[KEYS] = RedisKeys(settings.key_prefix)
     app[STATE] = ServiceState()
-    app[HOOKS] = EventHooks()
+    app[HOOKS] = EventHooks(max_pending=settings.listener_backlog_max_events, on_overflow=metrics.listener_overflow.inc)
     app[POLICIES] = PolicySet(settings.policies)
     app[VERIFIER] = TokenVerifier.for_consumer(settings)
     app.cleanup_ctx.append(_redis_ctx)

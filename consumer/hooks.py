@@ -1,69 +1,132 @@
-"""Fan-out of applied events to the policies (latest, retention, audit) without delaying the webhook.
+"""Fan-out of applied events to the policies (latest, retention, the deletion watch) without delaying the webhook.
 
-The registry gives up on a delivery after its timeout (1 s by default) and then sends a duplicate,
-so listeners run as background tasks; shutdown waits for them for a bounded time.
+The registry gives up on a delivery after its timeout (1 s by default) and then sends a duplicate, so
+listeners run in the background: each listener has one queue per repository, worked through in the order
+the events were applied by one task (a repository's events are judged one at a time, in order; different
+repositories in parallel). Shutdown waits for them for a bounded time.
+
+The queues are bounded. A burst (a CI job pushing thousands of tags) must not grow memory without limit, so
+once ``max_pending`` events wait, a listener that can re-evaluate a whole repository (``resync``) gets that
+instead of each further event: one resync per repository, however many events it stands for. A listener
+without ``resync`` (the unexpected-deletion watch, which needs each delete as it happened) keeps every event;
+it only wants deletes, which no burst of pushes or pulls produces.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Final
 
 from consumer.envelope import Change
 
 Listener = Callable[[Change], Awaitable[None]]
 Interest = Callable[[Change], bool]
+Resync = Callable[[str], Awaitable[None]]
 log = logging.getLogger(__name__)
+
+
+class _Resync:
+    """Queue marker: re-evaluate the whole repository (it stands for every event dropped in its place)."""
+
+
+RESYNC: Final = _Resync()
+Item = Change | _Resync
 
 
 def _any_change(change: Change) -> bool:
     return True
 
 
-class EventHooks:
-    """Listeners called once for every event the index applied (never for duplicates)."""
+class _Subscription:
+    def __init__(self, listener: Listener, wants: Interest, resync: Resync | None) -> None:
+        self.listener, self.wants, self.resync = listener, wants, resync
+        self.queues: dict[str, collections.deque[Item]] = {}
 
-    def __init__(self) -> None:
-        self._listeners: list[tuple[Listener, Interest]] = []
-        self._tasks: set[asyncio.Task[None]] = set()
+
+class EventHooks:
+    """Listeners called once for every event the index applied (never for duplicates).
+
+    ``max_pending``: events waiting across all listeners before listeners with ``resync`` get one resync per
+    repository instead of each event; ``on_overflow`` is called for every event so replaced.
+    """
+
+    def __init__(self, *, max_pending: int = 10_000, on_overflow: Callable[[], None] | None = None) -> None:
+        self._subscriptions: list[_Subscription] = []
+        self._workers: set[asyncio.Task[None]] = set()
+        self._pending = 0
+        self._max_pending = max_pending
+        self._on_overflow = on_overflow
 
     @property
     def pending(self) -> int:
-        """Listener runs started and not finished (they queue on per-repository locks in a burst)."""
-        return len(self._tasks)
+        """Listener runs queued or running (events, and resyncs standing for dropped ones)."""
+        return self._pending
 
-    def subscribe(self, listener: Listener, *, wants: Interest = _any_change) -> None:
+    def subscribe(self, listener: Listener, *, wants: Interest = _any_change, resync: Resync | None = None) -> None:
         """Call ``listener`` for every applied change that ``wants`` accepts (all of them by default).
 
         ``wants`` runs synchronously in the webhook and must not block: most events concern no policy,
-        and answering "no" there saves starting a task per listener per event (measured in bench/).
+        and answering "no" there saves queueing them (measured in bench/). ``resync(repository)`` must bring
+        the listener up to date with the repository as the index has it now, whatever events it missed.
         """
-        self._listeners.append((listener, wants))
+        self._subscriptions.append(_Subscription(listener, wants, resync))
 
     def publish(self, change: Change) -> None:
-        """Schedule every interested listener for ``change`` and return at once."""
-        for listener, wants in self._listeners:
-            if not wants(change):
-                continue
-            task = asyncio.create_task(self._run(listener, change))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        """Queue ``change`` for every interested listener and return at once."""
+        for sub in self._subscriptions:
+            if sub.wants(change):
+                self._enqueue(sub, change)
 
-    @staticmethod
-    async def _run(listener: Listener, change: Change) -> None:
+    def _enqueue(self, sub: _Subscription, change: Change) -> None:
+        repository = change.repository
+        queue = sub.queues.get(repository)
+        item: Item = change
+        if self._pending >= self._max_pending and sub.resync is not None:
+            if self._on_overflow is not None:
+                self._on_overflow()
+            if queue and queue[-1] is RESYNC:
+                return  # the resync already queued covers this event too
+            item = RESYNC
+        if queue is None:
+            queue = sub.queues[repository] = collections.deque()
+            worker = asyncio.create_task(self._work(sub, repository, queue))
+            self._workers.add(worker)
+            worker.add_done_callback(self._workers.discard)
+        queue.append(item)
+        self._pending += 1
+
+    async def _work(self, sub: _Subscription, repository: str, queue: collections.deque[Item]) -> None:
         try:
-            await listener(change)
-        except Exception:
-            log.exception("event listener failed", extra={"event_id": change.event_id})
+            while queue:
+                item = queue[0]
+                try:
+                    if isinstance(item, Change):
+                        await sub.listener(item)
+                    else:
+                        assert sub.resync is not None
+                        await sub.resync(repository)
+                except Exception:
+                    log.exception("event listener failed", extra={
+                        "repository": repository, "event_id": item.event_id if isinstance(item, Change) else None})
+                queue.popleft()
+                self._pending -= 1
+        finally:
+            # Normally empty; after a cancelled drain, what is left is given up.
+            self._pending -= len(queue)
+            del sub.queues[repository]
 
     async def drain(self, timeout_seconds: float) -> None:
-        """Wait for in-flight listeners, cancelling what is left after ``timeout_seconds``."""
-        if not self._tasks:
-            return
-        _, pending = await asyncio.wait(set(self._tasks), timeout=timeout_seconds)
-        for task in pending:
-            task.cancel()
-        if pending:
-            # Bounded: a listener inside a redis-py call may swallow its cancellation (consumer.background).
-            await asyncio.wait(pending, timeout=1.0)
+        """Wait for queued listener runs, cancelling what is left after ``timeout_seconds``."""
+        deadline = asyncio.get_running_loop().time() + timeout_seconds
+        while self._workers:  # a listener may publish (a resync's own changes): wait for those too
+            remaining = deadline - asyncio.get_running_loop().time()
+            _, pending = await asyncio.wait(set(self._workers), timeout=max(remaining, 0))
+            if pending:
+                for task in pending:
+                    task.cancel()
+                # Bounded: a listener inside a redis-py call may swallow its cancellation (consumer.background).
+                await asyncio.wait(pending, timeout=1.0)
+                return

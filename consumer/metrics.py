@@ -117,8 +117,14 @@ class Metrics:
         self.index_tags = Gauge(f"{PREFIX}_index_tags", "Live tags in the tag index.", registry=r)
         self.listener_backlog = Gauge(
             f"{PREFIX}_listener_backlog",
-            "Policy listener runs (latest, retention, deletion checks) started for applied events and not finished "
+            "Policy listener runs (latest, retention, deletion checks) queued for applied events and not finished "
             "in this process; growing means policies fall behind the webhook.",
+            registry=r,
+        )
+        self.listener_overflow = Counter(
+            f"{PREFIX}_listener_overflow_total",
+            "Applied events that latest or retention did not judge one by one because the listener backlog was "
+            "full (listener_backlog_max_events); their repositories were re-evaluated whole instead.",
             registry=r,
         )
         self.dead_letter_entries = Gauge(

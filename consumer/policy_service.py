@@ -152,7 +152,7 @@ async def policies_ctx(app: web.Application) -> AsyncIterator[None]:
         )
         app[AUDIT], app[INTENTS], app[LATEST] = parts.audit, parts.intents, parts.latest
         app[HOOKS].subscribe(parts.watch.on_change, wants=parts.watch.wants)
-        app[HOOKS].subscribe(parts.latest.on_change, wants=parts.latest.wants)
+        app[HOOKS].subscribe(parts.latest.on_change, wants=parts.latest.wants, resync=parts.latest.resync)
         # Every replica reports the shared stale count, not only the one that evaluated last.
         loops = Loops(on_redis_error=app[METRICS].redis_errors.inc)
         loops.every(settings.stats_interval_seconds, parts.latest.refresh_gauge, name="latest gauge")

@@ -62,7 +62,7 @@ async def retention_ctx(app: web.Application) -> AsyncIterator[None]:
         registry.supports_tag_delete if registry is not None else None,
     )
     app[RETENTION] = planner
-    app[HOOKS].subscribe(planner.on_change, wants=planner.wants)
+    app[HOOKS].subscribe(planner.on_change, wants=planner.wants, resync=planner.resync)
     reconciler = app.get(RECONCILER)
     if reconciler is not None:
         reconciler.subscribe(planner.resync)

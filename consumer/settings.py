@@ -224,6 +224,9 @@ class Settings(BaseSettings):
     dead_letter_max_entries: int = Field(default=10_000, ge=10)
     dead_letter_max_bytes: int = Field(default=16_384, ge=256)
     stats_interval_seconds: float = Field(default=15.0, gt=0)
+    # Applied events waiting for the policy listeners before latest and retention fall back to one resync per
+    # repository (consumer.hooks): bounds memory in a burst.
+    listener_backlog_max_events: int = Field(default=10_000, ge=1)
     shutdown_timeout_seconds: float = Field(default=10.0, gt=0)
     # After SIGTERM, /readyz answers 503 for this long before the listener closes (0: close at once).
     shutdown_delay_seconds: float = Field(default=0.0, ge=0, le=300)

@@ -65,3 +65,79 @@ async def test_pending_counts_listener_runs_until_they_finish() -> None:
     release.set()
     await hooks.drain(5)
     assert hooks.pending == 0
+
+
+async def test_a_repository_is_judged_one_event_at_a_time_in_order_and_repositories_in_parallel() -> None:
+    hooks = EventHooks()
+    running: dict[str, int] = {}
+    most_at_once: dict[str, int] = {}
+    seen: list[str] = []
+    both_started = asyncio.Event()
+
+    async def listener(c: Change) -> None:
+        running[c.repository] = running.get(c.repository, 0) + 1
+        most_at_once[c.repository] = max(most_at_once.get(c.repository, 0), running[c.repository])
+        if len(running) == 2:
+            both_started.set()
+        await asyncio.wait_for(both_started.wait(), 5)  # would time out if repositories ran one after the other
+        seen.append(c.event_id)
+        running[c.repository] -= 1
+
+    hooks.subscribe(listener)
+    for n in range(3):
+        for repo in ("team/a", "team/b"):
+            hooks.publish(Change(kind=ChangeKind.TAG_PUSH, action="push", event_id=f"{repo}-{n}", repository=repo,
+                                 timestamp_us=n))
+    await hooks.drain(10)
+    assert most_at_once == {"team/a": 1, "team/b": 1}
+    assert [e for e in seen if e.startswith("team/a")] == ["team/a-0", "team/a-1", "team/a-2"]
+    assert [e for e in seen if e.startswith("team/b")] == ["team/b-0", "team/b-1", "team/b-2"]
+
+
+async def test_a_full_backlog_gives_listeners_with_resync_one_resync_per_repository() -> None:
+    overflowed: list[None] = []
+    hooks = EventHooks(max_pending=2, on_overflow=lambda: overflowed.append(None))
+    release = asyncio.Event()
+    judged: list[str] = []
+    resynced: list[str] = []
+    kept: list[str] = []
+
+    async def judge(c: Change) -> None:
+        await release.wait()
+        judged.append(c.event_id)
+
+    async def resync(repository: str) -> None:
+        resynced.append(repository)
+
+    async def watch(c: Change) -> None:
+        kept.append(c.event_id)
+
+    hooks.subscribe(judge, resync=resync)
+    hooks.subscribe(watch)  # no resync: keeps every event whatever the backlog
+    for n in range(5):
+        hooks.publish(Change(kind=ChangeKind.TAG_PUSH, action="push", event_id=f"e{n}", repository="team/a",
+                             timestamp_us=n))
+    hooks.publish(Change(kind=ChangeKind.TAG_PUSH, action="push", event_id="x", repository="team/x", timestamp_us=9))
+    # e0 for both listeners fills the backlog; judge gets one resync for team/a (e1-e4) and one for team/x.
+    assert hooks.pending == 2 + 1 + 4 + 1 + 1
+    assert len(overflowed) == 5
+    release.set()
+    await hooks.drain(5)
+    assert judged == ["e0"]
+    assert sorted(resynced) == ["team/a", "team/x"]
+    assert kept == ["e0", "e1", "e2", "e3", "e4", "x"]
+    assert hooks.pending == 0
+
+
+async def test_drain_gives_up_on_what_is_left_after_its_timeout() -> None:
+    hooks = EventHooks()
+
+    async def forever(c: Change) -> None:
+        await asyncio.Event().wait()
+
+    hooks.subscribe(forever)
+    for n in range(3):
+        hooks.publish(change(ChangeKind.TAG_PUSH, repository=f"team/{n % 2}"))
+    assert hooks.pending == 3
+    await hooks.drain(0.05)
+    assert hooks.pending == 0

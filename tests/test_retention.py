@@ -328,3 +328,38 @@ async def test_the_service_plans_on_events_and_the_api_shows_every_tag(
     resp = await client.get(f"/v1/repositories/{REPO}/retention",
                             headers={"Authorization": f"Bearer {make_token(scope='events:write')}"})
     assert resp.status == 403
+
+
+async def test_a_full_listener_backlog_resyncs_the_repository_to_the_same_plan(
+    aiohttp_client: Callable[..., Any], make_settings: Callable[..., Settings], auth_headers: dict[str, str]
+) -> None:
+    """Above listener_backlog_max_events the planner gets one resync instead of each event: same outcome."""
+    import asyncio
+
+    from consumer.appkeys import HOOKS
+
+    metrics = Metrics(process=False)
+    policies = [{"repositories": ["team/*"], "retention": {"keep": [{"last_pushed": 1}]}}]
+    app = create_app(make_settings(policies=policies, listener_backlog_max_events=1), metrics=metrics)
+    client = await aiohttp_client(app)
+    release = asyncio.Event()
+
+    async def stuck(change: Any) -> None:  # keeps the backlog full (a listener without resync keeps every event)
+        await release.wait()
+
+    await send(client, auth_headers, event("push", REPO, tag="a", digest=policy_digest("a")))  # judged as itself
+    app[HOOKS].subscribe(stuck)
+    tags = ["b", "c", "d", "e", "f"]
+    resp = await client.post("/v1/events", json={"events": [event("push", REPO, tag=t, digest=policy_digest(t))
+                                                            for t in tags]},
+                             headers={**auth_headers, "Content-Type": "application/vnd.docker.distribution.events.v1+json"})
+    assert (await resp.json())["applied"] == len(tags)
+    release.set()
+    await app[HOOKS].drain(30)
+    # The burst's first push was queued as itself; the other four were replaced by one resync of the repository.
+    assert metrics.listener_overflow._value.get() == len(tags) - 1
+    assert metrics.retention_deletions.labels("dry_run")._value.get() == 5  # a to e planned, once each
+    body = await (await client.get(f"/v1/repositories/{REPO}/retention", headers=auth_headers)).json()
+    assert [(t["tag"], t["decision"]) for t in body["tags"]] == [
+        ("a", "delete"), ("b", "delete"), ("c", "delete"), ("d", "delete"), ("e", "delete"), ("f", "keep")]
+    assert app[HOOKS].pending == 0

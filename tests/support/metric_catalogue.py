@@ -23,6 +23,7 @@ CONSUMER_METRICS: dict[str, str] = {
     "index_repositories": "gauge",
     "index_tags": "gauge",
     "listener_backlog": "gauge",
+    "listener_overflow_total": "counter",
     "dead_letter_entries": "gauge",
     "last_event_timestamp_seconds": "gauge",
     "token_revocations_total": "counter",
