@@ -8,12 +8,20 @@ the revocation channel, ``registry-consumer:cli`` / ``:reconcile`` for one-off c
 
 from __future__ import annotations
 
+import asyncio
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
 from redis.asyncio import Redis
+from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 
 from consumer.settings import Settings
 
 Command = tuple[str | int, ...]
 CLIENT_NAME = "registry-consumer"
+P = TypeVar("P", bound=asyncio.Protocol)
 
 
 def open_redis(settings: Settings, *, role: str | None = None, min_timeout_seconds: float = 0.0) -> Redis:
@@ -43,3 +51,41 @@ def role_name(client: Redis, role: str) -> str | None:
     """``client``'s connection name with ``role`` appended, for a connection of its own (None if unnamed)."""
     name = client.connection_pool.connection_kwargs.get("client_name")
     return f"{name}:{role}" if name else None
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where a connection of the consumer's own (not from redis-py's pool) goes: TCP, TLS or a unix socket."""
+
+    host: str = "127.0.0.1"
+    port: int = 6379
+    path: str | None = None
+    tls: ssl.SSLContext | None = None
+
+    @classmethod
+    def of(cls, client: Redis) -> Endpoint | None:
+        """The server ``client``'s pool connects to, with the TLS context redis-py builds from the URL's
+        ``ssl_*`` settings (so both kinds of connection verify the server alike); None for a connection class
+        this module does not know (redis-py then keeps the work)."""
+        pool = client.connection_pool
+        kw = pool.connection_kwargs
+        if pool.connection_class is UnixDomainSocketConnection:
+            return cls(path=kw["path"])
+        if pool.connection_class is Connection:
+            return cls(kw.get("host", "localhost"), int(kw.get("port", 6379)))
+        if pool.connection_class is SSLConnection:
+            # A connection object is only configuration until it connects; redis-py's defaults (hostname
+            # checks, certificate requirements) differ between its versions, so let it decide.
+            context = SSLConnection(**kw).ssl_context.get()
+            return cls(kw.get("host", "localhost"), int(kw.get("port", 6379)), tls=context)
+        return None
+
+    async def connect(self, factory: Callable[[], P]) -> tuple[asyncio.Transport, P]:
+        """Open a connection served by the protocol ``factory`` makes."""
+        loop = asyncio.get_running_loop()
+        if self.path is not None:
+            transport, protocol = await loop.create_unix_connection(factory, self.path)
+        else:
+            transport, protocol = await loop.create_connection(
+                factory, self.host, self.port, ssl=self.tls, server_hostname=self.host if self.tls else None)
+        return transport, protocol

@@ -23,9 +23,8 @@ from typing import Any, Protocol, cast
 import hiredis
 import redis.exceptions
 from redis.asyncio import Redis
-from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 
-from consumer.connections import Command, handshake, role_name
+from consumer.connections import Command, Endpoint, handshake, role_name
 
 # Error replies whose prefix redis-py maps to a narrower class; callers (and REDIS_DOWN) depend on them.
 _ERROR_PREFIXES: tuple[tuple[str, type[redis.exceptions.RedisError]], ...] = (
@@ -127,16 +126,16 @@ class _RespProtocol(asyncio.Protocol):
 
 
 class RespLink:
-    """One pipelined RESP2 connection to the Redis a redis-py client points at (TCP or unix socket).
+    """One pipelined RESP2 connection to the Redis a redis-py client points at (TCP, TLS or unix socket).
 
     Connects on first use and again after any failure; callers see the failure once, as redis-py would
     raise it.
     """
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int = 6379, path: str | None = None, db: int = 0,
-                 username: str | None = None, password: str | None = None, timeout_seconds: float | None = None,
-                 connect_timeout_seconds: float | None = None, client_name: str | None = None) -> None:
-        self._host, self._port, self._path = host, port, path
+    def __init__(self, endpoint: Endpoint, *, db: int = 0, username: str | None = None, password: str | None = None,
+                 timeout_seconds: float | None = None, connect_timeout_seconds: float | None = None,
+                 client_name: str | None = None) -> None:
+        self._endpoint = endpoint
         self._handshake = handshake(username=username, password=password, db=db, client_name=client_name)
         self._timeout = timeout_seconds
         self._connect_timeout = connect_timeout_seconds or timeout_seconds
@@ -144,17 +143,14 @@ class RespLink:
         self._connecting: asyncio.Lock | None = None
 
     @classmethod
-    def supports(cls, client: Redis) -> bool:
-        """Whether ``client``'s connections are plain TCP or unix sockets (TLS stays with redis-py)."""
-        return client.connection_pool.connection_class in (Connection, UnixDomainSocketConnection)
-
-    @classmethod
-    def like(cls, client: Redis) -> RespLink:
-        """A link to the same server, database and credentials as ``client``, with its timeouts; named
-        ``<client's name>:webhook``."""
+    def like(cls, client: Redis) -> RespLink | None:
+        """A link to the same server, database and credentials as ``client``, with its timeouts, named
+        ``<client's name>:webhook``; None when ``client`` connects in a way this link does not speak."""
+        endpoint = Endpoint.of(client)
+        if endpoint is None:
+            return None
         kw = client.connection_pool.connection_kwargs
-        return cls(host=kw.get("host", "127.0.0.1"), port=int(kw.get("port", 6379)), path=kw.get("path"),
-                   db=int(kw.get("db", 0) or 0), username=kw.get("username"), password=kw.get("password"),
+        return cls(endpoint, db=int(kw.get("db", 0) or 0), username=kw.get("username"), password=kw.get("password"),
                    timeout_seconds=kw.get("socket_timeout"), connect_timeout_seconds=kw.get("socket_connect_timeout"),
                    client_name=role_name(client, "webhook"))
 
@@ -200,13 +196,9 @@ class RespLink:
         async with self._connecting:
             if self._protocol is not None and not self._protocol.closed:
                 return self._protocol  # another caller connected meanwhile
-            loop = asyncio.get_running_loop()
             try:
                 async with asyncio.timeout(self._connect_timeout):
-                    if self._path is not None:
-                        _, protocol = await loop.create_unix_connection(_RespProtocol, self._path)
-                    else:
-                        _, protocol = await loop.create_connection(_RespProtocol, self._host, self._port)
+                    _, protocol = await self._endpoint.connect(_RespProtocol)
                     if self._handshake:
                         for reply in await self._request(protocol, self._handshake):
                             if isinstance(reply, Exception):
@@ -228,7 +220,7 @@ class RespLink:
 
 
 class RedisPyLink:
-    """The same contract through a redis-py client's pool (for TLS and anything else RespLink does not speak)."""
+    """The same contract through a redis-py client's pool (for connection classes RespLink does not speak)."""
 
     def __init__(self, client: Redis) -> None:
         self._client = client
@@ -249,7 +241,7 @@ class RedisPyLink:
 
 def link_for(client: Redis) -> Link:
     """The fastest link that reaches the same Redis as ``client``."""
-    return RespLink.like(client) if RespLink.supports(client) else RedisPyLink(client)
+    return RespLink.like(client) or RedisPyLink(client)
 
 
 class SharedPipeline:

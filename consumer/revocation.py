@@ -39,9 +39,8 @@ from typing import Any
 import hiredis
 import redis.exceptions
 from redis.asyncio import Redis
-from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 
-from consumer.connections import handshake, role_name
+from consumer.connections import Endpoint, handshake, role_name
 from consumer.errors import BadRequest
 from consumer.pipelining import RedisPyLink, SharedPipeline
 from consumer.rediskeys import RevocationKeys
@@ -215,20 +214,17 @@ class RevocationStore:
         were lost; and here a message or a lost connection takes effect in the event loop's I/O callback,
         before any request handler that becomes ready in the same loop turn runs its check.
         """
-        loop = asyncio.get_running_loop()
         kwargs = self._redis.connection_pool.connection_kwargs
-        if self._redis.connection_pool.connection_class not in (Connection, UnixDomainSocketConnection):
-            log.info("revocation checks are not cached: TLS connections to Redis are not supported for it")
+        endpoint = Endpoint.of(self._redis)
+        if endpoint is None:
+            log.info("revocation checks are not cached: %s connections to Redis are not supported for it",
+                     self._redis.connection_pool.connection_class.__name__)
             return
         while not stop.is_set():
             channel = _Channel(self)
             try:
-                factory = functools.partial(_identity, channel)
-                connecting = (loop.create_unix_connection(factory, kwargs["path"]) if "path" in kwargs
-                              else loop.create_connection(factory, kwargs.get("host", "localhost"),
-                                                          kwargs.get("port", 6379)))
                 timeout = kwargs.get("socket_connect_timeout") or kwargs.get("socket_timeout") or 5.0
-                transport, _ = await asyncio.wait_for(connecting, timeout)
+                transport, _ = await asyncio.wait_for(endpoint.connect(functools.partial(_identity, channel)), timeout)
                 try:
                     commands = handshake(username=kwargs.get("username"), password=kwargs.get("password"),
                                          client_name=role_name(self._redis, "revocations"))

@@ -7,11 +7,14 @@ from pathlib import Path
 
 import pytest
 import redis.exceptions
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.connection import Connection
 
+from consumer.connections import Endpoint
 from consumer.pipelining import RedisPyLink, RespLink, SharedPipeline, link_for
 from tests.support.procs import LOOPBACK, ManagedProcess, free_port, wait_for_port
 from tests.support.redis_server import RedisServer
+from tests.support.tls import make_tls_files
 
 
 async def test_callers_of_one_loop_turn_share_one_write_and_get_their_own_replies(redis_client: Redis) -> None:
@@ -72,7 +75,7 @@ async def test_a_server_that_never_answers_times_out_every_waiting_caller() -> N
 
     server = await asyncio.start_server(silent, LOOPBACK, 0)
     port = server.sockets[0].getsockname()[1]
-    link = RespLink(host=LOOPBACK, port=port, timeout_seconds=0.2)
+    link = RespLink(Endpoint(LOOPBACK, port), timeout_seconds=0.2)
     try:
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -117,15 +120,38 @@ async def test_password_and_database_of_the_url_are_used(tmp_path: Path) -> None
         proc.stop()
 
 
-async def test_tls_urls_keep_redis_py() -> None:
-    plain = Redis.from_url("redis://127.0.0.1:1/0")
-    tls = Redis.from_url("rediss://127.0.0.1:1/0")
+async def test_tcp_tls_and_unix_urls_get_the_pipelined_link_anything_else_redis_py() -> None:
+    class Custom(Connection):
+        pass
+
+    clients = [Redis.from_url("redis://127.0.0.1:1/0"), Redis.from_url("rediss://127.0.0.1:1/0"),
+               Redis.from_url("unix:///tmp/nothing.sock"),
+               Redis(connection_pool=ConnectionPool(connection_class=Custom, host="127.0.0.1", port=1))]
     try:
-        assert isinstance(link_for(plain), RespLink)
-        assert isinstance(link_for(tls), RedisPyLink)
+        assert [type(link_for(c)).__name__ for c in clients] == ["RespLink", "RespLink", "RespLink", "RedisPyLink"]
     finally:
-        await plain.aclose()
-        await tls.aclose()
+        for client in clients:
+            await client.aclose()
+
+
+async def test_tls_redis_is_verified_with_the_urls_settings(tmp_path: Path) -> None:
+    """rediss:// takes the same pipelined link, with redis-py's TLS settings: a server the CA did not sign fails."""
+    tls = make_tls_files(tmp_path / "tls")
+    with RedisServer(tmp_path / "redis", tls=tls) as server:
+        async with Redis.from_url(server.url, socket_timeout=2.0) as client:
+            pipeline = SharedPipeline.over(client)
+            try:
+                assert await pipeline.send([("SET", "over", "tls"), ("GET", "over")]) == [b"OK", b"tls"]
+            finally:
+                await pipeline.aclose()
+        stranger = make_tls_files(tmp_path / "other", ca_name="someone else")
+        async with Redis.from_url(server.url.replace(str(tls.ca), str(stranger.ca))) as client:
+            pipeline = SharedPipeline.over(client)
+            try:
+                with pytest.raises(redis.exceptions.ConnectionError):
+                    await pipeline.send([("PING",)])
+            finally:
+                await pipeline.aclose()
 
 
 async def test_the_redis_py_link_keeps_the_same_contract(redis_client: Redis) -> None:

@@ -6,27 +6,38 @@ import shutil
 from pathlib import Path
 
 from tests.support.procs import LOOPBACK, ManagedProcess, free_port, wait_for_port
+from tests.support.tls import TlsFiles
 
 
 class RedisServer:
-    """Runs ``redis-server`` without persistence; ``stop``/``start`` keep the same port."""
+    """Runs ``redis-server`` without persistence; ``stop``/``start`` keep the same port.
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    With ``tls``, the port speaks TLS only (clients are not asked for certificates) and ``url`` is a
+    ``rediss://`` URL that trusts the test CA.
+    """
+
+    def __init__(self, workdir: Path, port: int | None = None, *, tls: TlsFiles | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed (make test installs it)")
         self.port = port or free_port()
         self.workdir = workdir
+        self.tls = tls
         workdir.mkdir(parents=True, exist_ok=True)
+        ports = ["--port", str(self.port)] if tls is None else [
+            "--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(tls.cert),
+            "--tls-key-file", str(tls.key), "--tls-ca-cert-file", str(tls.ca), "--tls-auth-clients", "no"]
         self._proc = ManagedProcess(
             "redis-server",
-            [binary, "--bind", LOOPBACK, "--port", str(self.port), "--save", "", "--appendonly", "no",
+            [binary, "--bind", LOOPBACK, *ports, "--save", "", "--appendonly", "no",
              "--dir", str(workdir), "--maxmemory-policy", "noeviction"],
             workdir / "redis.log",
         )
 
     @property
     def url(self) -> str:
+        if self.tls is not None:
+            return f"rediss://{LOOPBACK}:{self.port}/0?ssl_ca_certs={self.tls.ca}"
         return f"redis://{LOOPBACK}:{self.port}/0"
 
     @property
