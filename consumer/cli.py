@@ -1,4 +1,5 @@
-"""The ``registry-consumer`` command: ``serve`` and ``token`` (and the commands later issues add)."""
+"""The ``registry-consumer`` command: serve the webhook and API, check the configuration, reconcile the index
+with the registry, and mint, revoke and inspect tokens."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
+from consumer import __version__
 from consumer.durations import parse_duration_seconds
 from consumer.errors import AuthError, ConfigError
 from consumer.revocation import RevocationStore
@@ -158,6 +161,28 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _redacted_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """Print the configuration the service would run with (file, environment, defaults), secrets hidden."""
+    settings = _settings(args)
+    effective = settings.model_dump(mode="json")  # SecretStr fields come out as "**********"
+    effective["redis_url"] = _redacted_url(settings.redis_url)
+    if settings.registry is not None:
+        effective["registry"]["url"] = _redacted_url(str(effective["registry"]["url"]))
+    print(json.dumps(effective, indent=2, sort_keys=True))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; subcommands set ``func``."""
     # --config is accepted before or after the subcommand (`registry-consumer serve --config FILE`).
@@ -165,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("--config", type=Path, default=argparse.SUPPRESS,
                         help="YAML config file (default: $REGISTRY_CONSUMER_CONFIG)")
     parser = argparse.ArgumentParser(prog="registry-consumer", description=__doc__, parents=[config])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add_parser(name: str, help: str) -> argparse.ArgumentParser:
@@ -172,6 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = add_parser("serve", help="run the webhook and API server")
     serve.set_defaults(func=cmd_serve)
+
+    config_p = add_parser("config", help="check the configuration and print it as the service would run it "
+                                         "(secrets hidden); exit 2 naming the field if it is invalid")
+    config_p.set_defaults(func=cmd_config)
 
     reconcile = add_parser("reconcile", help="repair the index from the registry's catalog, tags and digests")
     reconcile.add_argument("--repository", default=None, help="only this repository (default: all)")
