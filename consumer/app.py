@@ -11,6 +11,7 @@ from aiohttp import web
 
 from consumer import (
     api,
+    deadletters_api,
     forward_auth,
     health,
     policy_api,
@@ -203,6 +204,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> web.App
     app.add_routes(health.routes)
     app.add_routes(webhook.routes)
     app.add_routes(api.routes)
+    app.add_routes(deadletters_api.routes)
     app.add_routes(tokens_api.routes)
     if settings.registry_auth is not None:
         app[REGISTRY_VERIFIER] = TokenVerifier.for_registry(settings.registry_auth)

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+_Rows = list[tuple[bytes, dict[bytes, bytes]]]
+
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
@@ -43,17 +45,29 @@ class DeadLetters:
     async def length(self) -> int:
         return int(await self._redis.xlen(self._key))
 
-    async def latest(self, count: int = 100) -> list[DeadLetter]:
-        """The newest entries first."""
-        rows: list[tuple[bytes, dict[bytes, bytes]]] = await self._redis.xrevrange(  # type: ignore[assignment]
-            self._key, count=count
-        )
-        return [
-            DeadLetter(
-                id=entry_id.decode(),
-                reason=fields[b"reason"].decode(),
-                payload=fields[b"payload"].decode("utf-8", "replace"),
-                received_at=float(fields[b"received_at"]),
-            )
-            for entry_id, fields in rows
-        ]
+    async def page(self, n: int, before: str | None = None) -> tuple[list[DeadLetter], str | None]:
+        """Up to ``n`` entries, newest first, older than the entry ``before``; and the cursor of the next page."""
+        rows: _Rows = await self._redis.xrevrange(  # type: ignore[assignment]
+            self._key, max=f"({before}" if before else "+", min="-", count=n + 1)
+        entries = [_entry(entry_id, fields) for entry_id, fields in rows]
+        return entries[:n], entries[n - 1].id if len(entries) > n else None
+
+    async def after(self, last: str | None, n: int) -> list[DeadLetter]:
+        """Up to ``n`` entries, oldest first, after the entry ``last`` (from the start when None)."""
+        rows: _Rows = await self._redis.xrange(  # type: ignore[assignment]
+            self._key, min=f"({last}" if last else "-", max="+", count=n)
+        return [_entry(entry_id, fields) for entry_id, fields in rows]
+
+    async def remove(self, ids: list[str]) -> None:
+        """Forget these entries (replayed)."""
+        if ids:
+            await self._redis.xdel(self._key, *ids)
+
+
+def _entry(entry_id: bytes, fields: dict[bytes, bytes]) -> DeadLetter:
+    return DeadLetter(
+        id=entry_id.decode(),
+        reason=fields[b"reason"].decode(),
+        payload=fields[b"payload"].decode("utf-8", "replace"),
+        received_at=float(fields[b"received_at"]),
+    )

@@ -97,7 +97,7 @@ async def receive_events(request: web.Request) -> web.Response:
     if changes is not None:
         for change in changes:
             EVENT_ID.set(change.event_id)
-            await _apply(app, change, counts)
+            await apply_change(app, change, counts)
     else:
         await _apply_one_by_one(app, body, counts)
     EVENT_ID.set(None)
@@ -105,7 +105,8 @@ async def receive_events(request: web.Request) -> web.Response:
     return _answer(counts)
 
 
-async def _apply(app: web.Application, change: Change, counts: dict[str, int]) -> None:
+async def apply_change(app: web.Application, change: Change, counts: dict[str, int]) -> None:
+    """Apply one validated change to the index, count its outcome, and hand it to the listeners if applied."""
     applied = await app[INDEX].apply(change)
     if not applied:
         outcome = "duplicate"
@@ -148,4 +149,4 @@ async def _apply_one_by_one(app: web.Application, body: bytes, counts: dict[str,
             counts["dead_lettered"] += 1
             log.warning("event dead-lettered", extra={"reason": reason})
             continue
-        await _apply(app, change, counts)
+        await apply_change(app, change, counts)
