@@ -135,6 +135,44 @@ def libtrust_key_id(public_key: PublicKey) -> str:
     return ":".join(encoded[i : i + 4] for i in range(0, len(encoded), 4))
 
 
+def _b64_int(value: int) -> str:
+    # Big-endian without leading zero bytes, as Go's big.Int.Bytes() gives it to distribution.
+    return base64.urlsafe_b64encode(value.to_bytes((value.bit_length() + 7) // 8, "big")).decode().rstrip("=")
+
+
+def jwk_thumbprint(public_key: PublicKey) -> str | None:
+    """The RFC 7638 SHA-256 thumbprint registry 3.1+ expects as ``kid`` for a ``rootcertbundle`` key.
+
+    Computed as distribution does (registry/auth/token/util.go getJWKThumbprint): members in lexicographic
+    order, integers without leading zero bytes. None for key types it does not thumbprint (Ed448).
+    """
+    if isinstance(public_key, rsa.RSAPublicKey):
+        numbers = public_key.public_numbers()
+        payload = f'{{"e":"{_b64_int(numbers.e)}","kty":"RSA","n":"{_b64_int(numbers.n)}"}}'
+    elif isinstance(public_key, ec.EllipticCurvePublicKey):
+        point = public_key.public_numbers()
+        curve = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}.get(public_key.curve.name)
+        if curve is None:
+            return None
+        payload = f'{{"crv":"{curve}","kty":"EC","x":"{_b64_int(point.x)}","y":"{_b64_int(point.y)}"}}'
+    elif isinstance(public_key, ed25519.Ed25519PublicKey):
+        raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        payload = f'{{"crv":"Ed25519","kty":"OKP","x":"{base64.urlsafe_b64encode(raw).decode().rstrip("=")}"}}'
+    else:
+        return None
+    return base64.urlsafe_b64encode(hashlib.sha256(payload.encode()).digest()).decode().rstrip("=")
+
+
+def registry_key_ids(public_key: PublicKey) -> list[str]:
+    """Every ``kid`` a registry trusts a certificate's key under: libtrust's (2.x) and the thumbprint (3.1+).
+
+    Both name the same key, so accepting either gives a token no key it could not already use; it lets one
+    ``rootcertbundle`` serve the forward-auth in front of either registry.
+    """
+    thumbprint = jwk_thumbprint(public_key)
+    return [libtrust_key_id(public_key), *([thumbprint] if thumbprint else [])]
+
+
 def hmac_key(algorithm: str, secret: bytes, where: str, kid: str | None = None) -> VerificationKey:
     """Check an HMAC secret (length, and not a public key or JWK in disguise) and wrap it as a key."""
     if len(secret) < HMAC_MIN_BYTES[algorithm]:
@@ -192,21 +230,21 @@ def _load_public_pem(data: bytes, where: str) -> object:
     raise ConfigError(f"invalid configuration: {where}: not a PEM public key or certificate")
 
 
-def _configured_key(
-    entry: KeySettings, where: str, derive_kid: Callable[[PublicKey], str] | None
-) -> VerificationKey:
+def _configured_keys(
+    entry: KeySettings, where: str, derive_kids: Callable[[PublicKey], list[str]] | None
+) -> list[VerificationKey]:
+    """One configured key, under its ``kid``; without one, under every kid ``derive_kids`` gives."""
     if entry.public_key_file is None:
         secret = _secret(entry, where)
         if entry.kid is None:
             raise ConfigError(f"invalid configuration: {where}.kid: HMAC keys need a kid")
-        return hmac_key(entry.alg, secret, where, entry.kid)
+        return [hmac_key(entry.alg, secret, where, entry.kid)]
     public = _check_key_type(entry.alg, _load_public_pem(_read(entry.public_key_file, where), where), where)
-    kid = entry.kid
-    if kid is None:
-        if derive_kid is None:
-            raise ConfigError(f"invalid configuration: {where}.kid: required")
-        kid = derive_kid(public)
-    return VerificationKey(kid, entry.alg, public)
+    if entry.kid is not None:
+        return [VerificationKey(entry.kid, entry.alg, public)]
+    if derive_kids is None:
+        raise ConfigError(f"invalid configuration: {where}.kid: required")
+    return [VerificationKey(kid, entry.alg, public) for kid in derive_kids(public)]
 
 
 def _secret(entry: KeySettings, where: str) -> bytes:
@@ -257,7 +295,7 @@ def _bundle_keys(path: Path, where: str) -> list[VerificationKey]:
     for cert in certificates:
         algorithm = _algorithm_for(cert.public_key(), where)
         public = _check_key_type(algorithm, cert.public_key(), where)
-        keys.append(VerificationKey(libtrust_key_id(public), algorithm, public))
+        keys += [VerificationKey(kid, algorithm, public) for kid in registry_key_ids(public)]
     return keys
 
 
@@ -268,7 +306,7 @@ def load_keyring(
     jwks_file: Path | None = None,
     rootcertbundle: Path | None = None,
     default_secret: bytes | None = None,
-    derive_kid: Callable[[PublicKey], str] | None = None,
+    derive_kids: Callable[[PublicKey], list[str]] | None = None,
 ) -> KeyRing:
     """Build a key ring from config; every problem is a :class:`ConfigError` naming the setting."""
     ring: list[VerificationKey] = []
@@ -276,7 +314,8 @@ def load_keyring(
         ring.append(hmac_key(HS256, default_secret, "jwt_secret"))
     if rootcertbundle is not None:
         ring += _bundle_keys(rootcertbundle, f"{section}.rootcertbundle")
-    ring += [_configured_key(k, f"{section}.keys[{i}]", derive_kid) for i, k in enumerate(keys)]
+    for i, k in enumerate(keys):
+        ring += _configured_keys(k, f"{section}.keys[{i}]", derive_kids)
     if jwks_file is not None:
         ring += _jwks_keys(jwks_file, f"{section}.jwks_file")
     return KeyRing(ring)
@@ -359,7 +398,7 @@ class TokenVerifier:
         """The verifier of registry bearer tokens (the forward-auth), with the token server's keys."""
         ra = registry_auth
         ring = load_keyring("registry_auth", ra.keys, jwks_file=ra.jwks_file, rootcertbundle=ra.rootcertbundle,
-                            derive_kid=libtrust_key_id)
+                            derive_kids=registry_key_ids)
         return cls(ring, name="registry", issuer=ra.issuer, audience=ra.service, clock=clock,
                    **_bounds(ra, ra.max_token_lifetime_seconds))
 

@@ -6,6 +6,8 @@ attack set (revoked jti, subject and global cutoffs) is in tests/test_revocation
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import logging
 import os
@@ -17,14 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+import jwt.algorithms
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from consumer import tokens
 from consumer.errors import AuthError, ConfigError
 from consumer.settings import Settings, load_settings
-from consumer.tokens import TokenVerifier, libtrust_key_id, mint
+from consumer.tokens import TokenVerifier, jwk_thumbprint, libtrust_key_id, mint
 from tests.conftest import JWT_SECRET
-from tests.support.registry import TokenIssuer, repository_access
+from tests.support.registry import TokenIssuer, jwk_thumbprint_key_id, repository_access
 from tests.support.signing_keys import AUDIENCE, ISSUER, KeySet, b64url, claims, forge
 
 SECRET_2 = "second-hmac-secret-for-rotation-0123456789abcdef"
@@ -529,17 +533,47 @@ def test_registry_auth_needs_a_key_and_quotable_realm() -> None:
 
 
 @pytest.mark.parametrize("algorithm", ["ES256", "RS256"])
-def test_registry_rootcertbundle_keys_get_the_libtrust_kid(tmp_path: Path, algorithm: str) -> None:
-    issuer = TokenIssuer(tmp_path, algorithm=algorithm)  # type: ignore[arg-type]
+@pytest.mark.parametrize("kid_style", ["libtrust", "jwk-thumbprint"])
+def test_registry_rootcertbundle_keys_get_the_kids_of_registry_2_and_3(tmp_path: Path, algorithm: str,
+                                                                       kid_style: str) -> None:
+    """2.x names a bundle key by its libtrust id, 3.1+ by its JWK thumbprint: tokens for either verify."""
+    issuer = TokenIssuer(tmp_path, algorithm=algorithm, kid_style=kid_style)  # type: ignore[arg-type]
     settings = load_settings(None, registry_auth={"realm": "http://auth/token", "service": issuer.service,
                                                   "issuer": issuer.issuer, "rootcertbundle": str(issuer.cert_path)})
     assert settings.registry_auth is not None
     verifier = TokenVerifier.for_registry(settings.registry_auth)
-    assert verifier.keyring.kids == [issuer.kid]
+    public = issuer._key.public_key()
+    assert verifier.keyring.kids == [libtrust_key_id(public), jwk_thumbprint_key_id(public)]
     got = verifier.verify(issuer.mint([repository_access("app")]))
     assert got.raw["access"] == [repository_access("app")]
     # A consumer token is not a registry token.
     assert reason_of(verifier, hs256(claims())) == "unknown_kid"
+
+
+def test_jwk_thumbprint_is_rfc_7638s_own_example() -> None:
+    """RFC 7638 section 3.1: the RSA key's thumbprint."""
+    n = int.from_bytes(base64.urlsafe_b64decode(
+        "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3"
+        "oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdA"
+        "ZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-"
+        "kEgU8awapJzKnqDKgw" + "=="), "big")
+    key = rsa.RSAPublicNumbers(65537, n).public_key()
+    assert jwk_thumbprint(key) == "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+
+
+def test_jwk_thumbprint_of_ec_keys_drops_leading_zero_bytes_as_distribution_does() -> None:
+    # The first private value whose public x coordinate starts with a zero byte: distribution (Go's
+    # big.Int.Bytes) hashes 31 bytes for it where a padded encoding would hash 32.
+    k = next(k for k in range(1, 5000)
+             if ec.derive_private_key(k, ec.SECP256R1()).public_key().public_numbers().x < 1 << 248)
+    public = ec.derive_private_key(k, ec.SECP256R1()).public_key()
+    assert jwk_thumbprint(public) == jwk_thumbprint_key_id(public)
+    padded = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(public))
+    assert len(base64.urlsafe_b64decode(padded["x"] + "==")) == 32  # what a padded thumbprint would hash
+    members = {"crv": "P-256", "kty": "EC", "x": padded["x"], "y": padded["y"]}
+    other = base64.urlsafe_b64encode(hashlib.sha256(json.dumps(members, sort_keys=True, separators=(",", ":"))
+                                                    .encode()).digest()).decode().rstrip("=")
+    assert jwk_thumbprint(public) != other
 
 
 def test_libtrust_kid_format(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ import ctypes
 import datetime as dt
 import hashlib
 import json
+import os
 import secrets
 import time
 import urllib.error
@@ -40,7 +41,8 @@ from cryptography.x509.oid import NameOID
 from .oci import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST
 from .procs import LOOPBACK, ManagedProcess, ProcessFailedError, free_port, run_checked
 
-REGISTRY_BIN = "/usr/bin/docker-registry"
+# Another build of distribution (a 3.x binary, say) can stand in for a one-off run; CI uses Debian's 2.8.2.
+REGISTRY_BIN = os.environ.get("TEST_REGISTRY_BIN", "/usr/bin/docker-registry")
 MANIFEST_ACCEPT = ", ".join((OCI_INDEX, OCI_MANIFEST, DOCKER_MANIFEST_LIST, DOCKER_MANIFEST))
 
 
@@ -134,6 +136,23 @@ def libtrust_key_id(public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey) ->
     return ":".join(encoded[i : i + 4] for i in range(0, len(encoded), 4))
 
 
+def _go_b64_int(value: int) -> str:
+    return base64.urlsafe_b64encode(value.to_bytes((value.bit_length() + 7) // 8, "big")).decode().rstrip("=")
+
+
+def jwk_thumbprint_key_id(public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey) -> str:
+    """The RFC 7638 thumbprint that registry 3.1+ expects as a token's ``kid`` for a rootcertbundle key,
+    computed as distribution's getJWKThumbprint does (integers without leading zero bytes)."""
+    if isinstance(public_key, rsa.RSAPublicKey):
+        n = public_key.public_numbers()
+        members = {"e": _go_b64_int(n.e), "kty": "RSA", "n": _go_b64_int(n.n)}
+    else:
+        point = public_key.public_numbers()
+        members = {"crv": "P-256", "kty": "EC", "x": _go_b64_int(point.x), "y": _go_b64_int(point.y)}
+    payload = json.dumps(members, sort_keys=True, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(hashlib.sha256(payload).digest()).decode().rstrip("=")
+
+
 def repository_access(repository: str, actions: Sequence[str] = ("pull", "push")) -> dict[str, Any]:
     """One entry of a registry token's ``access`` claim for a repository."""
     return {"type": "repository", "name": repository, "actions": list(actions)}
@@ -155,6 +174,7 @@ class TokenIssuer:
         issuer: str = "registry-consumer-tests",
         service: str = "registry-under-test",
         algorithm: Literal["ES256", "RS256"] = "ES256",
+        kid_style: Literal["libtrust", "jwk-thumbprint"] | None = None,
     ) -> None:
         self.issuer = issuer
         self.service = service
@@ -165,7 +185,10 @@ class TokenIssuer:
         else:
             key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self._key = key
-        self.kid = libtrust_key_id(key.public_key())
+        # Registry 2.x knows a certificate's key by its libtrust id, 3.1+ by its JWK thumbprint (a one-off run
+        # against a 3.x binary, TEST_REGISTRY_BIN, sets TEST_REGISTRY_KID_STYLE=jwk-thumbprint).
+        style = kid_style or os.environ.get("TEST_REGISTRY_KID_STYLE", "libtrust")
+        self.kid = (jwk_thumbprint_key_id if style == "jwk-thumbprint" else libtrust_key_id)(key.public_key())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)])
         now = dt.datetime.now(dt.UTC)
         cert = (
