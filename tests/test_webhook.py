@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import random
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from redis.asyncio import Redis
 from consumer.app import create_app
 from consumer.metrics import Metrics
 from consumer.rediskeys import RedisKeys
-from tests.conftest import all_scenarios, load_envelopes
+from tests.conftest import EVENTS_DIR, all_scenarios, load_envelopes
 from tests.support.redis_server import RedisServer
 
 V1 = "application/vnd.docker.distribution.events.v1+json"
@@ -122,6 +123,27 @@ async def test_registry_3x_shapes(client, auth_headers) -> None:
     await replay(client, auth_headers, ["distribution-3.x-derived/01-delete-digest"])
     assert await tags_of(client, auth_headers, "myapp1") == {"1.0": D_V1}
     await replay(client, auth_headers, ["distribution-3.x-derived/03-mount"])
+
+
+V300 = [s for s in all_scenarios() if s.startswith("distribution-3.0.0/")]
+
+
+@pytest.mark.parametrize("order", ["as_delivered", "reversed", "twice_shuffled"])
+async def test_recorded_registry_3_corpus_builds_the_index_the_registry_had(client, auth_headers, order) -> None:
+    """Real distribution 3.0.0 envelopes (tag deletes included): the index ends as the registry did."""
+    final = json.loads((EVENTS_DIR / "distribution-3.0.0" / "final-state.json").read_text())
+    envelopes = [e for s in V300 for e in load_envelopes(s)]
+    if order == "reversed":
+        envelopes.reverse()
+    elif order == "twice_shuffled":
+        envelopes = random.Random(7).sample(envelopes * 2, len(envelopes) * 2)
+    for envelope in envelopes:
+        resp = await post(client, auth_headers, envelope["body"], envelope["headers"]["Content-Type"])
+        assert resp.status == 200 and (await resp.json())["dead_lettered"] == 0
+    repos = await (await client.get("/v1/repositories", headers=auth_headers)).json()
+    assert repos["repositories"] == sorted(final)
+    for repository, tags in final.items():
+        assert await tags_of(client, auth_headers, repository) == {t: d[:15] for t, d in tags.items()}, repository
 
 
 @pytest.mark.parametrize("content_type", [V1, V2, "application/json", "text/plain"])

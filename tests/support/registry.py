@@ -263,7 +263,9 @@ class RegistryServer:
         client_credentials: BasicCredentials | None = None,
         token_issuer: TokenIssuer | None = None,
         log_level: str = "info",
+        binary: str = REGISTRY_BIN,
     ) -> None:
+        self.binary = binary
         self.workdir = workdir
         self.storage_dir = workdir / "storage"
         self.config_path = workdir / "config.yml"
@@ -366,7 +368,7 @@ class RegistryServer:
         if self._process is not None and self._process.running:
             raise RuntimeError(f"registry already running (pid {self._process.pid})")
         self._write_config()
-        self._process = ManagedProcess("docker-registry", [REGISTRY_BIN, "serve", str(self.config_path)], self.log_path)
+        self._process = ManagedProcess("docker-registry", [self.binary, "serve", str(self.config_path)], self.log_path)
         self._process.start()
         self._wait_ready(timeout_seconds)
 
@@ -425,7 +427,7 @@ class RegistryServer:
         if self.running and not self.read_only:
             raise RuntimeError("garbage_collect needs the registry stopped or restarted read-only")
         self._write_config()
-        argv = [REGISTRY_BIN, "garbage-collect", str(self.config_path)]
+        argv = [self.binary, "garbage-collect", str(self.config_path)]
         if delete_untagged:
             argv.append("--delete-untagged")
         if dry_run:
