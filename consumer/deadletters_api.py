@@ -81,8 +81,7 @@ async def replay_dead_letters(request: web.Request) -> web.Response:
     app = request.app
     dead_letters = app[DEAD_LETTERS]
     counts = {"applied": 0, "duplicate": 0, "ignored": 0, "dead_lettered": 0}
-    examined = still_invalid = 0
-    replayed: list[str] = []
+    examined = still_invalid = replayed = 0
     last: str | None = None
     # The stream is capped (dead_letter_max_entries), so one request can go through all of it.
     while batch := await dead_letters.after(last, REPLAY_BATCH):
@@ -98,6 +97,6 @@ async def replay_dead_letters(request: web.Request) -> web.Response:
                 await apply_change(app, change, counts)
             done.append(entry.id)
         await dead_letters.remove(done)  # after applying: a failure on the way leaves them to replay again
-        replayed += done
-    return json_model(ReplayOut(examined=examined, replayed=len(replayed), still_invalid=still_invalid,
+        replayed += len(done)
+    return json_model(ReplayOut(examined=examined, replayed=replayed, still_invalid=still_invalid,
                                 applied=counts["applied"], duplicate=counts["duplicate"], ignored=counts["ignored"]))

@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Final
+from collections.abc import Callable, Coroutine
+from typing import Any, Final
 
 from consumer.envelope import Change
 
-Listener = Callable[[Change], Awaitable[None]]
+Listener = Callable[[Change], Coroutine[Any, Any, None]]
 Interest = Callable[[Change], bool]
-Resync = Callable[[str], Awaitable[None]]
+Resync = Callable[[str], Coroutine[Any, Any, None]]
 log = logging.getLogger(__name__)
 
 
@@ -43,7 +44,9 @@ def _any_change(change: Change) -> bool:
 class _Subscription:
     def __init__(self, listener: Listener, wants: Interest, resync: Resync | None) -> None:
         self.listener, self.wants, self.resync = listener, wants, resync
-        self.queues: dict[str, collections.deque[Item]] = {}
+        # Each item with the context it was published in: a listener's log lines carry the request and
+        # event ids of its event (consumer.logs), not those of the event that started the queue's worker.
+        self.queues: dict[str, collections.deque[tuple[Item, contextvars.Context]]] = {}
 
 
 class EventHooks:
@@ -87,7 +90,7 @@ class EventHooks:
         if self._pending >= self._max_pending and sub.resync is not None:
             if self._on_overflow is not None:
                 self._on_overflow()
-            if queue and queue[-1] is RESYNC:
+            if queue and queue[-1][0] is RESYNC:
                 return  # the resync already queued covers this event too
             item = RESYNC
         if queue is None:
@@ -95,19 +98,20 @@ class EventHooks:
             worker = asyncio.create_task(self._work(sub, repository, queue))
             self._workers.add(worker)
             worker.add_done_callback(self._workers.discard)
-        queue.append(item)
+        queue.append((item, contextvars.copy_context()))
         self._pending += 1
 
-    async def _work(self, sub: _Subscription, repository: str, queue: collections.deque[Item]) -> None:
+    async def _work(self, sub: _Subscription, repository: str,
+                    queue: collections.deque[tuple[Item, contextvars.Context]]) -> None:
         try:
             while queue:
-                item = queue[0]
+                item, context = queue[0]
                 try:
                     if isinstance(item, Change):
-                        await sub.listener(item)
+                        await asyncio.create_task(sub.listener(item), context=context)
                     else:
                         assert sub.resync is not None
-                        await sub.resync(repository)
+                        await asyncio.create_task(sub.resync(repository), context=context)
                 except Exception:
                     log.exception("event listener failed", extra={
                         "repository": repository, "event_id": item.event_id if isinstance(item, Change) else None})
