@@ -19,6 +19,7 @@ import logging
 import random
 import re
 import secrets
+import ssl
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -461,10 +462,19 @@ async def _read_bounded(resp: aiohttp.ClientResponse, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
+def tls_context(settings: RegistrySettings) -> ssl.SSLContext | bool:
+    """The system's trusted certificates plus ``ca_file``'s; True (aiohttp's default) without one."""
+    if settings.ca_file is None:
+        return True
+    context = ssl.create_default_context()
+    context.load_verify_locations(cafile=settings.ca_file)  # checked when the settings were loaded
+    return context
+
+
 @contextlib.asynccontextmanager
 async def registry_session(settings: RegistrySettings) -> AsyncIterator[aiohttp.ClientSession]:
-    """An aiohttp session sized and timed for the registry settings."""
+    """An aiohttp session sized, timed and trusting what the registry settings say."""
     timeout = aiohttp.ClientTimeout(total=settings.timeout_seconds)
-    connector = aiohttp.TCPConnector(limit=settings.max_concurrency)
+    connector = aiohttp.TCPConnector(limit=settings.max_concurrency, ssl=tls_context(settings))
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         yield session

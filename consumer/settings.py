@@ -7,6 +7,7 @@ with ``__``), then the YAML config file, then the defaults below.
 from __future__ import annotations
 
 import os
+import ssl
 from pathlib import Path
 from typing import Any, Literal
 
@@ -126,6 +127,9 @@ class RegistrySettings(_Section):
     username: str | None = None
     password: SecretStr | None = None
     password_file: Path | None = None
+    # PEM certificates trusted for the registry's (and its token service's) TLS, besides the system's: for a
+    # registry behind a private CA.
+    ca_file: Path | None = None
     timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     max_concurrency: int = Field(default=8, ge=1, le=256)
     retries: int = Field(default=3, ge=0, le=10)
@@ -139,6 +143,16 @@ class RegistrySettings(_Section):
         if not value.startswith(("http://", "https://")) or len(value.split("://", 1)[1].strip("/")) == 0:
             raise ValueError("must be an http:// or https:// URL, e.g. http://127.0.0.1:5000")
         return value.rstrip("/")
+
+    @field_validator("ca_file")
+    @classmethod
+    def _check_ca_file(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            try:
+                ssl.create_default_context().load_verify_locations(cafile=value)
+            except (OSError, ssl.SSLError) as exc:
+                raise ValueError(f"not a readable PEM certificate file: {exc}") from None
+        return value
 
     @model_validator(mode="after")
     def _check_credentials(self) -> RegistrySettings:

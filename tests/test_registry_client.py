@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from consumer.errors import RegistryAuthError, RegistryError, RegistryUnavailable, TagDeleteUnsupported
+from consumer.errors import ConfigError, RegistryAuthError, RegistryError, RegistryUnavailable, TagDeleteUnsupported
 from consumer.registry_client import RegistryClient
-from consumer.settings import RegistrySettings
+from consumer.settings import RegistrySettings, load_settings
 from tests.support import oci, skopeo
 from tests.support.procs import LOOPBACK, free_port
 from tests.support.registry import (
@@ -25,6 +25,7 @@ from tests.support.registry import (
     TokenIssuer,
     repository_access,
 )
+from tests.support.tls import make_tls_files
 
 pytestmark = pytest.mark.e2e
 
@@ -279,3 +280,23 @@ async def test_link_to_another_host_is_never_followed() -> None:
         assert server.hits == {"/v2/_catalog": 1}
     finally:
         await server.stop()
+
+
+async def test_a_registry_behind_a_private_ca_is_trusted_through_ca_file(tmp_path: Path) -> None:
+    tls = make_tls_files(tmp_path / "tls")
+    with RegistryServer(tmp_path / "registry", tls=tls) as registry:
+        assert registry.url.startswith("https://")
+        await skopeo.push(oci.write_image(tmp_path / "layout", "a"), registry, "team/app", "1.0")
+        async with RegistryClient.open(_settings(registry.url, ca_file=tls.ca)) as client:
+            assert await client.catalog() == ["team/app"]
+            assert await client.tags("team/app") == ["1.0"]
+        async with RegistryClient.open(_settings(registry.url, retries=0)) as client:
+            with pytest.raises(RegistryUnavailable, match="certificate verify failed"):
+                await client.catalog()
+
+
+def test_a_ca_file_that_is_not_pem_is_a_config_error(tmp_path: Path) -> None:
+    bad = tmp_path / "ca.pem"
+    bad.write_text("not a certificate\n")
+    with pytest.raises(ConfigError, match=r"registry\.ca_file"):
+        load_settings(None, registry={"url": "https://registry.example", "ca_file": str(bad)})

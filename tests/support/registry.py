@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import secrets
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -40,6 +41,7 @@ from cryptography.x509.oid import NameOID
 
 from .oci import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST
 from .procs import LOOPBACK, ManagedProcess, ProcessFailedError, free_port, run_checked
+from .tls import TlsFiles
 
 # Another build of distribution (a 3.x binary, say) can stand in for a one-off run; CI uses Debian's 2.8.2.
 REGISTRY_BIN = os.environ.get("TEST_REGISTRY_BIN", "/usr/bin/docker-registry")
@@ -264,8 +266,12 @@ class RegistryServer:
         token_issuer: TokenIssuer | None = None,
         log_level: str = "info",
         binary: str = REGISTRY_BIN,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.binary = binary
+        # With tls the API is served over HTTPS with that certificate; the helpers here trust its CA.
+        self.tls = tls
+        self.client_tls = ssl.create_default_context(cafile=tls.ca) if tls is not None else None
         self.workdir = workdir
         self.storage_dir = workdir / "storage"
         self.config_path = workdir / "config.yml"
@@ -294,7 +300,7 @@ class RegistryServer:
     @property
     def url(self) -> str:
         """Base URL of the registry API."""
-        return f"http://{self.host}"
+        return f"{'https' if self.tls else 'http'}://{self.host}"
 
     @property
     def metrics_url(self) -> str:
@@ -330,6 +336,7 @@ class RegistryServer:
             "http": {
                 "addr": self.host,
                 "secret": self._secret,
+                **({"tls": {"certificate": str(self.tls.cert), "key": str(self.tls.key)}} if self.tls else {}),
                 "debug": {
                     "addr": f"{LOOPBACK}:{self.debug_port}",
                     "prometheus": {"enabled": True, "path": "/metrics"},
@@ -382,7 +389,7 @@ class RegistryServer:
                     f"docker-registry exited with {self._process.returncode}\n{self._process.log_tail()}"
                 )
             try:
-                with urllib.request.urlopen(f"{self.url}/v2/", timeout=1.0) as resp:
+                with urllib.request.urlopen(f"{self.url}/v2/", timeout=1.0, context=self.client_tls) as resp:
                     resp.read()
                 return
             except urllib.error.HTTPError as exc:
@@ -471,7 +478,8 @@ class RegistryServer:
         all_headers = {**self._auth_headers(access), **(headers or {})}
         async with (
             aiohttp.ClientSession() as session,
-            session.request(method, url, headers=all_headers, allow_redirects=False) as resp,
+            session.request(method, url, headers=all_headers, allow_redirects=False,
+                            ssl=self.client_tls or True) as resp,
         ):
             body = await resp.read()
             if resp.status not in ok:
