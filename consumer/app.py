@@ -29,6 +29,7 @@ from consumer.appkeys import (
     METRICS,
     PIPELINE,
     POLICIES,
+    PULLS,
     REDIS,
     REGISTRY_VERIFIER,
     SETTINGS,
@@ -46,6 +47,7 @@ from consumer.logs import EVENT_ID, REQUEST_ID, request_id_from
 from consumer.metrics import Metrics
 from consumer.pipelining import SharedPipeline
 from consumer.policy import PolicySet
+from consumer.pulls import PullFilter
 from consumer.rediskeys import RedisKeys
 from consumer.settings import Settings
 from consumer.state import ServiceState
@@ -194,6 +196,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> web.App
     app[KEYS] = RedisKeys(settings.key_prefix)
     app[STATE] = ServiceState()
     app[HOOKS] = EventHooks(max_pending=settings.listener_backlog_max_events, on_overflow=metrics.listener_overflow.inc)
+    app[PULLS] = PullFilter.for_settings(settings)
     app[POLICIES] = PolicySet(settings.policies)
     app[VERIFIER] = TokenVerifier.for_consumer(settings)
     app.cleanup_ctx.append(_redis_ctx)

@@ -14,6 +14,7 @@ from consumer.latest import LatestKeeper
 from consumer.metrics import Metrics
 from consumer.pipelining import SharedPipeline
 from consumer.policy import PolicySet
+from consumer.pulls import PullFilter
 from consumer.reconcile import Reconciler
 from consumer.rediskeys import RedisKeys
 from consumer.registry_client import RegistryClient
@@ -32,6 +33,7 @@ PIPELINE = web.AppKey("redis_pipeline", SharedPipeline)
 INDEX = web.AppKey("index", TagIndex)
 VERIFIER = web.AppKey("verifier", TokenVerifier)
 HOOKS = web.AppKey("event_hooks", EventHooks)
+PULLS = web.AppKey("pull_filter", PullFilter)
 STATE = web.AppKey("state", ServiceState)
 DEAD_LETTERS = web.AppKey("dead_letters", DeadLetters)
 POLICIES = web.AppKey("policies", PolicySet)

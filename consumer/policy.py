@@ -68,7 +68,8 @@ def _glob_regex(glob: str, charset: str) -> re.Pattern[str]:
 
 
 @functools.lru_cache(maxsize=1024)
-def _repository_glob(glob: str) -> re.Pattern[str]:
+def text_glob(glob: str) -> re.Pattern[str]:
+    """A glob over any text, matched whole: ``*`` any run of characters, ``?`` one, nothing else special."""
     return _glob_regex(glob, ".")
 
 
@@ -278,7 +279,7 @@ class Policy(_Section):
 
     def match(self, repository: str) -> Specificity | None:
         """The specificity of this policy's best glob matching ``repository``, or None."""
-        matching = [specificity(g) for g in self.repositories if _repository_glob(g).match(repository)]
+        matching = [specificity(g) for g in self.repositories if text_glob(g).match(repository)]
         return max(matching, key=Specificity.key, default=None)
 
 

@@ -171,6 +171,15 @@ class RegistrySettings(_Section):
         return None
 
 
+class IgnorePullsSettings(_Section):
+    """Pull events that do not count as use (``last_pulled_at``, ``pulled_within``): a vulnerability scanner
+    that pulls every image would keep every image. Globs (``*``, ``?``) matched against the whole
+    ``request.useragent`` / ``actor.name``. The consumer's own reads (``registry.user_agent``) never count."""
+
+    user_agents: tuple[str, ...] = ()
+    actors: tuple[str, ...] = ()
+
+
 class AuditSettings(_Section):
     """Bounded retention of the audit log (global stream and per-repository streams)."""
 
@@ -248,6 +257,7 @@ class Settings(BaseSettings):
     registry: RegistrySettings | None = None
     policies: tuple[Policy, ...] = ()
     intent_ttl_seconds: int = Field(default=3600, ge=10)
+    ignore_pulls: IgnorePullsSettings = IgnorePullsSettings()
     audit: AuditSettings = AuditSettings()
     reconcile: ReconcileSettings = ReconcileSettings()
     retention: RetentionSettings = RetentionSettings()

@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from consumer.appkeys import DEAD_LETTERS, HOOKS, INDEX, METRICS, SETTINGS
+from consumer.appkeys import DEAD_LETTERS, HOOKS, INDEX, METRICS, PULLS, SETTINGS
 from consumer.auth import SCOPE_EVENTS_WRITE, require_scope
 from consumer.envelope import Change, ChangeKind, parse_envelope, parse_event
 from consumer.errors import PayloadTooLarge
@@ -107,6 +107,8 @@ async def receive_events(request: web.Request) -> web.Response:
 
 async def apply_change(app: web.Application, change: Change, counts: dict[str, int]) -> None:
     """Apply one validated change to the index, count its outcome, and hand it to the listeners if applied."""
+    if change.kind is ChangeKind.PULL:
+        change = app[PULLS].apply(change)  # a scanner's or the consumer's own pull is not use
     applied = await app[INDEX].apply(change)
     if not applied:
         outcome = "duplicate"
