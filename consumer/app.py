@@ -47,6 +47,7 @@ from consumer.logs import EVENT_ID, REQUEST_ID, request_id_from
 from consumer.metrics import Metrics
 from consumer.pipelining import SharedPipeline
 from consumer.policy import PolicySet
+from consumer.preflight import warn_on_eviction_policy
 from consumer.pulls import PullFilter
 from consumer.rediskeys import RedisKeys
 from consumer.settings import Settings
@@ -171,6 +172,7 @@ async def _background_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     loops = Loops(on_redis_error=app[METRICS].redis_errors.inc)
     loops.every(settings.stats_interval_seconds, lambda: refresh_gauges(app), name="index gauges")
+    loops.spawn(warn_on_eviction_policy(app[REDIS]), name="redis eviction policy check")
     yield
     await loops.close(settings.shutdown_timeout_seconds)
 

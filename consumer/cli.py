@@ -183,6 +183,19 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    """Check what the configuration points at (Redis, the registry); exit 1 when something is wrong."""
+    from consumer.preflight import run_checks
+
+    findings = asyncio.run(run_checks(_settings(args)))
+    if args.json:
+        print(json.dumps([f.as_dict() for f in findings]))
+    else:
+        for finding in findings:
+            print(f"{finding.status:<8} {finding.check:<24} {finding.detail}")
+    return 1 if any(f.status == "error" for f in findings) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; subcommands set ``func``."""
     # --config is accepted before or after the subcommand (`registry-consumer serve --config FILE`).
@@ -202,6 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
     config_p = add_parser("config", help="check the configuration and print it as the service would run it "
                                          "(secrets hidden); exit 2 naming the field if it is invalid")
     config_p.set_defaults(func=cmd_config)
+
+    check = add_parser("check", help="check what the configuration points at: Redis (reachable, maxmemory-policy) "
+                                     "and the registry (reachable, credentials); exit 1 on an error")
+    check.add_argument("--json", action="store_true", help="print the findings as JSON")
+    check.set_defaults(func=cmd_check)
 
     reconcile = add_parser("reconcile", help="repair the index from the registry's catalog, tags and digests")
     reconcile.add_argument("--repository", default=None, help="only this repository (default: all)")

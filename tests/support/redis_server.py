@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 from tests.support.procs import LOOPBACK, ManagedProcess, free_port, wait_for_port
@@ -16,7 +17,8 @@ class RedisServer:
     ``rediss://`` URL that trusts the test CA.
     """
 
-    def __init__(self, workdir: Path, port: int | None = None, *, tls: TlsFiles | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, *, tls: TlsFiles | None = None,
+                 extra_args: Sequence[str] = ()) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed (make test installs it)")
@@ -30,7 +32,7 @@ class RedisServer:
         self._proc = ManagedProcess(
             "redis-server",
             [binary, "--bind", LOOPBACK, *ports, "--save", "", "--appendonly", "no",
-             "--dir", str(workdir), "--maxmemory-policy", "noeviction"],
+             "--dir", str(workdir), "--maxmemory-policy", "noeviction", *extra_args],
             workdir / "redis.log",
         )
 
