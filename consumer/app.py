@@ -14,6 +14,7 @@ from consumer import (
     deadletters_api,
     forward_auth,
     health,
+    openapi,
     policy_api,
     policy_service,
     retention_api,
@@ -207,6 +208,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> web.App
     app.cleanup_ctx.append(_background_ctx)
     app.on_shutdown.append(_mark_shutting_down)
     app.add_routes(health.routes)
+    app.add_routes(openapi.routes)
     app.add_routes(webhook.routes)
     app.add_routes(api.routes)
     app.add_routes(deadletters_api.routes)

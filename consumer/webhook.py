@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from aiohttp import web
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from consumer.appkeys import DEAD_LETTERS, HOOKS, INDEX, METRICS, PULLS, SETTINGS
 from consumer.auth import SCOPE_EVENTS_WRITE, require_scope
@@ -71,6 +71,15 @@ async def read_body(request: web.Request, max_bytes: int) -> bytes:
     if len(body) > max_bytes:
         raise PayloadTooLarge(f"body exceeds {max_bytes} bytes")
     return body
+
+
+class EventsAnswer(BaseModel):
+    """What ``POST /v1/events`` answers: how many events of the envelope went which way."""
+
+    applied: int
+    duplicate: int
+    ignored: int
+    dead_lettered: int
 
 
 @functools.lru_cache(maxsize=64)
