@@ -12,29 +12,32 @@ import dataclasses
 
 from consumer.envelope import Change, ChangeKind
 from consumer.policy import text_glob
-from consumer.settings import RegistrySettings, Settings
+from consumer.registry_client import user_agent_of
+from consumer.settings import Settings
 
 
 class PullFilter:
     """Turns the pulls of ignored user agents and actors into ``IGNORED`` changes."""
 
-    def __init__(self, user_agents: tuple[str, ...] = (), actors: tuple[str, ...] = ()) -> None:
+    def __init__(self, user_agents: tuple[str, ...] = (), actors: tuple[str, ...] = (), *,
+                 own_user_agent: str | None = None) -> None:
         self._user_agents = [text_glob(glob) for glob in user_agents]
         self._actors = [text_glob(glob) for glob in actors]
+        self._own = own_user_agent  # matched exactly: not a glob
 
     @classmethod
     def for_settings(cls, settings: Settings) -> PullFilter:
         """``ignore_pulls`` plus the user agent the consumer's own registry client sends."""
-        registry = settings.registry
-        own = registry.user_agent if registry is not None else RegistrySettings.model_fields["user_agent"].default
-        return cls((own, *settings.ignore_pulls.user_agents), settings.ignore_pulls.actors)
+        return cls(settings.ignore_pulls.user_agents, settings.ignore_pulls.actors,
+                   own_user_agent=user_agent_of(settings.registry))
 
     def ignores(self, change: Change) -> bool:
         """Whether ``change`` is a pull that does not count."""
         if change.kind is not ChangeKind.PULL:
             return False
         agent, actor = change.user_agent or "", change.actor or ""
-        return any(p.match(agent) for p in self._user_agents) or any(p.match(actor) for p in self._actors)
+        return (agent == self._own or any(p.match(agent) for p in self._user_agents)
+                or any(p.match(actor) for p in self._actors))
 
     def apply(self, change: Change) -> Change:
         """``change``, or the same event as ``IGNORED`` when it is a pull that does not count."""

@@ -125,7 +125,7 @@ class RegistryClient:
         self._tokens: dict[str, _Token] = {}
         self._token_locks: dict[str, asyncio.Lock] = {}
         self._tag_delete: bool | None = None
-        self.user_agent = f"{settings.user_agent}/{__version__}"
+        self.user_agent = user_agent_of(settings)
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -460,6 +460,12 @@ async def _read_bounded(resp: aiohttp.ClientResponse, max_bytes: int) -> bytes:
             raise RegistryError(f"{resp.method} {resp.url.path}: answer larger than {max_bytes} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def user_agent_of(settings: RegistrySettings | None) -> str:
+    """The ``User-Agent`` the consumer's registry client sends (``registry-consumer/<version>`` by default)."""
+    name = settings.user_agent if settings is not None else RegistrySettings.model_fields["user_agent"].default
+    return f"{name}/{__version__}"
 
 
 def tls_context(settings: RegistrySettings) -> ssl.SSLContext | bool:

@@ -174,7 +174,8 @@ class RegistrySettings(_Section):
 class IgnorePullsSettings(_Section):
     """Pull events that do not count as use (``last_pulled_at``, ``pulled_within``): a vulnerability scanner
     that pulls every image would keep every image. Globs (``*``, ``?``) matched against the whole
-    ``request.useragent`` / ``actor.name``. The consumer's own reads (``registry.user_agent``) never count."""
+    ``request.useragent`` / ``actor.name``. The consumer's own reads (``<registry.user_agent>/<version>``)
+    never count."""
 
     user_agents: tuple[str, ...] = ()
     actors: tuple[str, ...] = ()

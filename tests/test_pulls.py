@@ -9,10 +9,12 @@ from typing import Any
 
 import pytest
 
+from consumer import __version__
 from consumer.app import create_app
 from consumer.envelope import Change, ChangeKind
 from consumer.metrics import Metrics
 from consumer.pulls import PullFilter
+from consumer.registry_client import RegistryClient
 from consumer.settings import Settings, load_settings
 from tests.conftest import load_envelopes
 
@@ -27,7 +29,8 @@ def _change(kind: ChangeKind, user_agent: str | None, actor: str | None = "ci-bo
 @pytest.mark.parametrize(
     ("kind", "user_agent", "actor", "ignored"),
     [
-        (ChangeKind.PULL, "registry-consumer", "svc", True),  # the consumer's own read (the default user agent)
+        (ChangeKind.PULL, f"registry-consumer/{__version__}", "svc", True),  # the consumer's own read
+        (ChangeKind.PULL, "registry-consumer-fork/1.0", "svc", False),
         (ChangeKind.PULL, "Trivy/0.50.1", "ci-bot", True),
         (ChangeKind.PULL, "containerd/1.7", "scanner-prod", True),
         (ChangeKind.PULL, "containerd/1.7", "ci-bot", False),
@@ -45,11 +48,13 @@ def test_ignored_user_agents_and_actors(kind: ChangeKind, user_agent: str | None
     assert pulls.apply(change).kind is (ChangeKind.IGNORED if ignored else kind)
 
 
-def test_the_consumers_own_user_agent_follows_its_registry_settings() -> None:
+async def test_the_consumers_own_user_agent_follows_its_registry_settings() -> None:
     settings = load_settings(None, registry={"url": "http://127.0.0.1:5000", "user_agent": "rc-prod"})
+    assert settings.registry is not None
     pulls = PullFilter.for_settings(settings)
-    assert pulls.ignores(_change(ChangeKind.PULL, "rc-prod"))
-    assert not pulls.ignores(_change(ChangeKind.PULL, "registry-consumer"))
+    async with RegistryClient.open(settings.registry) as client:  # what its requests really carry
+        assert pulls.ignores(_change(ChangeKind.PULL, client.user_agent))
+    assert not pulls.ignores(_change(ChangeKind.PULL, f"registry-consumer/{__version__}"))
 
 
 async def test_a_scanners_pull_is_counted_ignored_and_leaves_last_pulled_at(
