@@ -3,7 +3,8 @@
 Names are for operators: ``CLIENT LIST`` on a shared Redis tells the consumer's connections from
 everybody else's, and which part of the consumer holds each (``registry-consumer`` for the pool,
 ``registry-consumer:webhook`` for the webhook's pipelined connection, ``registry-consumer:revocations`` for
-the revocation channel, ``registry-consumer:cli`` / ``:reconcile`` for one-off commands).
+the revocation channel, ``registry-consumer:cli`` / ``:reconcile`` / ``:check`` for one-off commands;
+``redis_client_name`` changes the prefix, "" names nothing).
 """
 
 from __future__ import annotations
@@ -20,18 +21,18 @@ from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocket
 from consumer.settings import Settings
 
 Command = tuple[str | int, ...]
-CLIENT_NAME = "registry-consumer"
 P = TypeVar("P", bound=asyncio.Protocol)
 
 
 def open_redis(settings: Settings, *, role: str | None = None, min_timeout_seconds: float = 0.0) -> Redis:
-    """A redis-py client for ``settings.redis_url``, named ``registry-consumer[:role]``.
+    """A redis-py client for ``settings.redis_url``, named ``<redis_client_name>[:role]`` (unnamed if "").
 
     ``min_timeout_seconds``: for one-off commands whose replies may take longer than the webhook's budget.
     """
     timeout = max(settings.redis_timeout_seconds, min_timeout_seconds)
+    name = settings.redis_client_name
     return Redis.from_url(settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout,
-                          client_name=f"{CLIENT_NAME}:{role}" if role else CLIENT_NAME)
+                          client_name=(f"{name}:{role}" if role else name) or None)
 
 
 def handshake(*, username: str | None = None, password: str | None = None, db: int = 0,

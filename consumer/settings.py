@@ -234,6 +234,9 @@ class Settings(BaseSettings):
     listen: str = "127.0.0.1:8080"
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_timeout_seconds: float = Field(default=0.5, gt=0, le=30)
+    # The connections' name in CLIENT LIST (consumer.connections); "" sends no CLIENT SETNAME, for a Redis ACL
+    # user that may not run it.
+    redis_client_name: str = Field(default="registry-consumer", pattern=r"^[!-~]{0,64}$")
     key_prefix: str = Field(default="rc", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.exceptions
 from redis.asyncio import Redis
 
 from consumer.app import create_app
@@ -81,3 +82,20 @@ async def test_one_off_commands_name_their_role(settings: Settings, redis_client
 )
 def test_handshake_sends_auth_then_select_then_the_name(kwargs: dict[str, Any], expected: list[tuple[Any, ...]]) -> None:
     assert handshake(**kwargs) == expected
+
+
+async def test_an_acl_user_without_client_setname_works_with_the_name_turned_off(
+    aiohttp_client: Callable[..., Any], make_settings: Callable[..., Settings], auth_headers: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    acl = ["--user", "default", "off", "--user", "rc", "on", ">rc-pass", "~*", "&*", "+@all", "-client"]
+    with RedisServer(tmp_path / "redis", extra_args=acl) as server:
+        url = server.url.replace("redis://", "redis://rc:rc-pass@")
+        named = open_redis(make_settings(redis_url=url), role="check")
+        try:
+            with pytest.raises(redis.exceptions.RedisError):  # CLIENT SETNAME is refused: so is the connection
+                await named.ping()
+        finally:
+            await named.aclose()
+        settings = make_settings(redis_url=url, redis_client_name="")
+        await _use_every_connection(aiohttp_client, settings, auth_headers)
