@@ -105,7 +105,9 @@ class EventHooks:
                     queue: collections.deque[tuple[Item, contextvars.Context]]) -> None:
         try:
             while queue:
-                item, context = queue[0]
+                # Off the queue before it runs: a resync that has started reading the index must not absorb
+                # events applied after (they queue a resync of their own).
+                item, context = queue.popleft()
                 try:
                     if isinstance(item, Change):
                         await asyncio.create_task(sub.listener(item), context=context)
@@ -115,8 +117,8 @@ class EventHooks:
                 except Exception:
                     log.exception("event listener failed", extra={
                         "repository": repository, "event_id": item.event_id if isinstance(item, Change) else None})
-                queue.popleft()
-                self._pending -= 1
+                finally:
+                    self._pending -= 1
         finally:
             # Normally empty; after a cancelled drain, what is left is given up.
             self._pending -= len(queue)

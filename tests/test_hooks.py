@@ -167,3 +167,33 @@ async def test_a_listener_runs_in_the_context_its_event_was_published_in() -> No
     release.set()
     await hooks.drain(5)
     assert seen == [(f"ev-{n}", f"req-{n}", f"ev-{n}") for n in range(3)]
+
+
+async def test_events_after_a_resync_started_get_a_resync_of_their_own() -> None:
+    hooks = EventHooks(max_pending=1)
+    resyncing, finish = asyncio.Event(), asyncio.Event()
+    resynced: list[str] = []
+
+    async def judge(c: Change) -> None:
+        pass
+
+    async def resync(repository: str) -> None:
+        resyncing.set()
+        await finish.wait()  # reading the index, as it was when it started
+        resynced.append(repository)
+
+    hooks.subscribe(judge, resync=resync)
+
+    def push(n: int) -> None:
+        hooks.publish(Change(kind=ChangeKind.TAG_PUSH, action="push", event_id=f"e{n}", repository="team/a",
+                             timestamp_us=n))
+
+    push(0)
+    push(1)  # over the bound: a resync stands for it
+    await asyncio.wait_for(resyncing.wait(), 5)
+    push(2)  # applied after the running resync read the index: it must not be folded into that one
+    push(3)  # but it may share the next one
+    finish.set()
+    await hooks.drain(5)
+    assert resynced == ["team/a", "team/a"]
+    assert hooks.pending == 0
