@@ -154,7 +154,7 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
         max_bytes=settings.dead_letter_max_bytes,
     )
     yield
-    await app[HOOKS].drain(settings.shutdown_timeout_seconds)
+    await app[HOOKS].drain(app[STATE].cleanup_seconds(settings.shutdown_timeout_seconds))
     await pipeline.aclose()
     await client.aclose()
 
@@ -175,7 +175,7 @@ async def _background_ctx(app: web.Application) -> AsyncIterator[None]:
     loops.every(settings.stats_interval_seconds, lambda: refresh_gauges(app), name="index gauges")
     loops.spawn(warn_on_eviction_policy(app[REDIS]), name="redis eviction policy check")
     yield
-    await loops.close(settings.shutdown_timeout_seconds)
+    await loops.close(app[STATE].cleanup_seconds(settings.shutdown_timeout_seconds))
 
 
 def mark_shutting_down(app: web.Application) -> None:

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from consumer import __version__
 from consumer.durations import parse_duration_seconds
@@ -161,15 +161,25 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     return 0
 
 
+_SECRET_QUERY = frozenset({"password", "ssl_password"})  # redis-py reads these from the query too
+
+
 def _redacted_url(url: str) -> str:
+    """``url`` with its password hidden, in the user info and in the query."""
     parts = urlsplit(url)
-    if parts.password is None:
+    if parts.password is not None:
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        url = urlunsplit(parts._replace(
+            netloc=f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")))
+    # The query by hand: urlunsplit would also turn unix:///path into unix:/path.
+    base, question, rest = url.partition("?")
+    if not question:
         return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    query, hash_, fragment = rest.partition("#")
+    masked = [(k, "***" if k in _SECRET_QUERY else v) for k, v in parse_qsl(query, keep_blank_values=True)]
+    return f"{base}?{urlencode(masked, safe='*/')}{hash_}{fragment}"
 
 
 def cmd_config(args: argparse.Namespace) -> int:

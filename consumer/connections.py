@@ -32,7 +32,7 @@ def open_redis(settings: Settings, *, role: str | None = None, min_timeout_secon
     timeout = max(settings.redis_timeout_seconds, min_timeout_seconds)
     name = settings.redis_client_name
     return Redis.from_url(settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout,
-                          client_name=(f"{name}:{role}" if role else name) or None)
+                          client_name=(f"{name}:{role}" if role else name) if name else None)
 
 
 def handshake(*, username: str | None = None, password: str | None = None, db: int = 0,

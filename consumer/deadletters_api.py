@@ -23,7 +23,13 @@ from consumer.errors import BadRequest
 from consumer.webhook import apply_change
 
 routes = web.RouteTableDef()
-_STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+_STREAM_ID = re.compile(r"^(\d{1,20})-(\d{1,20})$")
+_U64 = 2**64
+
+
+def _is_stream_id(text: str) -> bool:
+    match = _STREAM_ID.match(text)
+    return match is not None and all(int(part) < _U64 for part in match.groups())
 REPLAY_BATCH = 200
 
 
@@ -68,8 +74,10 @@ async def list_dead_letters(request: web.Request) -> web.Response:
     await require_scope(request, SCOPE_INDEX_READ)
     n = page_size(request, default=20)
     before = request.query.get("before")
-    if before is not None and not _STREAM_ID.match(before):
+    if before is not None and not _is_stream_id(before):
         raise BadRequest("before must be an entry id from a previous page (like 1733300000000-0)")
+    if before == "0-0":
+        return json_model(DeadLetterPage(entries=[], next=None))  # nothing is older (and Redis refuses the range)
     entries, cursor = await request.app[DEAD_LETTERS].page(n, before)
     return json_model(DeadLetterPage(entries=[DeadLetterOut.model_validate(e) for e in entries], next=cursor))
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
+import functools
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, Final
@@ -62,6 +63,7 @@ class EventHooks:
         self._pending = 0
         self._max_pending = max_pending
         self._on_overflow = on_overflow
+        self._stopping = False  # drain gave up: workers stop after the run they are in
 
     @property
     def pending(self) -> int:
@@ -79,32 +81,43 @@ class EventHooks:
 
     def publish(self, change: Change) -> None:
         """Queue ``change`` for every interested listener and return at once."""
+        overflowed = False
         for sub in self._subscriptions:
             if sub.wants(change):
-                self._enqueue(sub, change)
+                overflowed |= self._enqueue(sub, change)
+        if overflowed and self._on_overflow is not None:
+            self._on_overflow()  # once per event, however many listeners resync for it
 
-    def _enqueue(self, sub: _Subscription, change: Change) -> None:
+    def _enqueue(self, sub: _Subscription, change: Change) -> bool:
+        """Queue ``change`` (or a resync standing for it) for ``sub``; True when a resync stands for it."""
         repository = change.repository
         queue = sub.queues.get(repository)
         item: Item = change
-        if self._pending >= self._max_pending and sub.resync is not None:
-            if self._on_overflow is not None:
-                self._on_overflow()
+        overflowed = self._pending >= self._max_pending and sub.resync is not None
+        if overflowed:
             if queue and queue[-1][0] is RESYNC:
-                return  # the resync already queued covers this event too
+                return True  # the resync already queued covers this event too
             item = RESYNC
         if queue is None:
             queue = sub.queues[repository] = collections.deque()
             worker = asyncio.create_task(self._work(sub, repository, queue))
             self._workers.add(worker)
-            worker.add_done_callback(self._workers.discard)
+            worker.add_done_callback(functools.partial(self._worker_done, sub, repository, queue))
         queue.append((item, contextvars.copy_context()))
         self._pending += 1
+        return overflowed
+
+    def _worker_done(self, sub: _Subscription, repository: str, queue: collections.deque[tuple[Item, Any]],
+                     task: asyncio.Task[None]) -> None:
+        self._workers.discard(task)
+        if sub.queues.get(repository) is queue:  # cancelled before it ever ran: _work's finally did not do this
+            self._pending -= len(queue)
+            del sub.queues[repository]
 
     async def _work(self, sub: _Subscription, repository: str,
                     queue: collections.deque[tuple[Item, contextvars.Context]]) -> None:
         try:
-            while queue:
+            while queue and not self._stopping:
                 # Off the queue before it runs: a resync that has started reading the index must not absorb
                 # events applied after (they queue a resync of their own).
                 item, context = queue.popleft()
@@ -131,6 +144,9 @@ class EventHooks:
             remaining = deadline - asyncio.get_running_loop().time()
             _, pending = await asyncio.wait(set(self._workers), timeout=max(remaining, 0))
             if pending:
+                # redis-py may turn a cancellation into a connection error, which a worker catches like any
+                # listener failure: without this it would go on through the rest of its queue.
+                self._stopping = True
                 for task in pending:
                     task.cancel()
                 # Bounded: a listener inside a redis-py call may swallow its cancellation (consumer.background).

@@ -28,6 +28,7 @@ from consumer.appkeys import (
     REDIS,
     REGISTRY_CLIENT,
     SETTINGS,
+    STATE,
 )
 from consumer.audit import AuditLog
 from consumer.background import Loops
@@ -165,9 +166,9 @@ async def policies_ctx(app: web.Application) -> AsyncIterator[None]:
                 loops.every(settings.reconcile.interval_seconds, lambda: _reconcile(reconciler), name="reconciliation",
                             initial_delay_seconds=settings.reconcile.initial_delay_seconds, expected=(RegistryError,))
         yield
-        await loops.close(settings.shutdown_timeout_seconds)
+        await loops.close(app[STATE].cleanup_seconds(settings.shutdown_timeout_seconds))
         # Listeners may still be using the registry session: let them finish before it closes.
-        await app[HOOKS].drain(settings.shutdown_timeout_seconds)
+        await app[HOOKS].drain(app[STATE].cleanup_seconds(settings.shutdown_timeout_seconds))
 
 
 async def reconcile_once(settings: Settings, repository: str | None = None) -> ReconcileReport:

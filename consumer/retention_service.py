@@ -27,6 +27,7 @@ from consumer.appkeys import (
     REGISTRY_CLIENT,
     RETENTION,
     SETTINGS,
+    STATE,
 )
 from consumer.background import Loops
 from consumer.deleter import DeletionQueue, DeletionWorker, refresh_queue_gauges
@@ -77,4 +78,4 @@ async def retention_ctx(app: web.Application) -> AsyncIterator[None]:
                                 settings.retention)
         loops.spawn(worker.run(loops), name="retention deletion worker")
     yield
-    await loops.close(settings.shutdown_timeout_seconds)
+    await loops.close(app[STATE].cleanup_seconds(settings.shutdown_timeout_seconds))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 
@@ -10,3 +11,15 @@ class ServiceState:
     """Process-local state; one instance per application."""
 
     shutting_down: bool = False
+    cleanup_deadline: float | None = None
+
+    def cleanup_seconds(self, budget_seconds: float) -> float:
+        """What is left of the one cleanup budget all cleanup contexts share (it starts at the first call).
+
+        They wait one after another (loops, listeners, the revocation channel); each waiting its own full
+        ``shutdown_timeout_seconds`` would add up past what the process manager grants (consumer.server).
+        """
+        now = time.monotonic()
+        if self.cleanup_deadline is None:
+            self.cleanup_deadline = now + budget_seconds
+        return max(0.0, self.cleanup_deadline - now)

@@ -19,7 +19,17 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from consumer.api import page_size
-from consumer.appkeys import KEYS, METRICS, PIPELINE, REDIS, REGISTRY_VERIFIER, REVOCATIONS, SETTINGS, VERIFIER
+from consumer.appkeys import (
+    KEYS,
+    METRICS,
+    PIPELINE,
+    REDIS,
+    REGISTRY_VERIFIER,
+    REVOCATIONS,
+    SETTINGS,
+    STATE,
+    VERIFIER,
+)
 from consumer.auth import SCOPE_TOKENS_ADMIN, SCOPE_TOKENS_INTROSPECT, require_scope
 from consumer.background import Loops
 from consumer.errors import AuthError, BadRequest
@@ -201,4 +211,4 @@ async def revocation_ctx(app: web.Application) -> AsyncIterator[None]:
     loops = Loops(on_redis_error=app[METRICS].redis_errors.inc)
     loops.every(app[SETTINGS].stats_interval_seconds, lambda: _refresh_gauge(app), name="revocation gauge")
     yield
-    await loops.close(app[SETTINGS].shutdown_timeout_seconds)
+    await loops.close(app[STATE].cleanup_seconds(app[SETTINGS].shutdown_timeout_seconds))

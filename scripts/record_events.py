@@ -151,6 +151,8 @@ async def record(registry_bin: str, out: Path) -> int:
                     deliveries = await capture.settle()
                     folder = out / name
                     folder.mkdir(parents=True, exist_ok=True)
+                    for stale in folder.glob("*.json"):  # re-recording: an envelope fewer must not stay behind
+                        stale.unlink()
                     for number, delivery in enumerate(deliveries, start=1):
                         (folder / f"{number:03d}.json").write_text(json.dumps(delivery, indent=1) + "\n")
                     written += len(deliveries)

@@ -71,3 +71,11 @@ def test_version() -> None:
 
     result = run_cli("--version")
     assert result.returncode == 0 and result.stdout.strip() == f"registry-consumer {__version__}"
+
+
+def test_config_hides_passwords_given_in_the_query_too() -> None:
+    result = run_cli("config", env={"REGISTRY_CONSUMER_REDIS_URL": "unix:///run/redis.sock?db=0&password=s3cret-q",
+                                    "REGISTRY_CONSUMER_JWT_SECRET": JWT_SECRET})
+    assert result.returncode == 0, result.stderr
+    assert "s3cret-q" not in result.stdout
+    assert json.loads(result.stdout)["redis_url"] == "unix:///run/redis.sock?db=0&password=***"

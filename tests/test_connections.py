@@ -99,3 +99,9 @@ async def test_an_acl_user_without_client_setname_works_with_the_name_turned_off
             await named.aclose()
         settings = make_settings(redis_url=url, redis_client_name="")
         await _use_every_connection(aiohttp_client, settings, auth_headers)
+        for role in (None, "cli", "reconcile", "check"):  # the one-off commands too
+            unnamed = open_redis(settings, role=role)
+            try:
+                assert await unnamed.ping()
+            finally:
+                await unnamed.aclose()

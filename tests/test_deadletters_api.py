@@ -40,6 +40,9 @@ async def test_pages_newest_first_with_a_cursor(client: TestClient[Any, Any], au
         url = f"/v1/dead-letters?n=2&before={page['next']}" if page["next"] else ""
     assert seen == ["not json 2", "not json 1", "not json 0"]
     assert (await client.get("/v1/dead-letters?before=x", headers=auth_headers)).status == 400
+    assert (await client.get(f"/v1/dead-letters?before={2**64}-0", headers=auth_headers)).status == 400
+    oldest = await (await client.get("/v1/dead-letters?before=0-0", headers=auth_headers)).json()
+    assert oldest == {"entries": [], "next": None}
     writer = {"Authorization": f"Bearer {make_token(scope='events:write')}"}
     assert (await client.get("/v1/dead-letters", headers=writer)).status == 403
 

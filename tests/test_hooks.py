@@ -197,3 +197,65 @@ async def test_events_after_a_resync_started_get_a_resync_of_their_own() -> None
     await hooks.drain(5)
     assert resynced == ["team/a", "team/a"]
     assert hooks.pending == 0
+
+
+async def test_a_listener_that_turns_cancellation_into_an_error_does_not_keep_its_worker_going() -> None:
+    """redis-py may raise a connection error where a cancellation was; the worker must still stop."""
+    hooks = EventHooks()
+    started: list[str] = []
+
+    async def stubborn(c: Change) -> None:
+        started.append(c.event_id)
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise ConnectionError("Connection closed by server") from None
+
+    hooks.subscribe(stubborn)
+    for n in range(5):
+        hooks.publish(Change(kind=ChangeKind.TAG_PUSH, action="push", event_id=f"e{n}", repository="team/a",
+                             timestamp_us=n))
+    await hooks.drain(0.05)
+    await asyncio.sleep(0.05)  # what a worker still going would use to start the next run
+    assert started == ["e0"]
+    assert hooks.pending == 0
+
+
+async def test_a_worker_cancelled_before_it_ran_leaves_no_queue_behind() -> None:
+    hooks = EventHooks()
+    seen: list[str] = []
+
+    async def listener(c: Change) -> None:
+        seen.append(c.event_id)
+
+    hooks.subscribe(listener)
+    hooks.publish(change(ChangeKind.TAG_PUSH))
+    (worker,) = hooks._workers  # as drain would cancel one that a listener had just started
+    worker.cancel()  # before its first step: its own cleanup never runs
+    await asyncio.gather(worker, return_exceptions=True)
+    await asyncio.sleep(0)  # its done callbacks
+    assert seen == [] and hooks.pending == 0
+    hooks.publish(change(ChangeKind.TAG_DELETE))  # the repository gets a new queue and worker
+    await hooks.drain(5)
+    assert seen == ["tag_delete-team/app"] and hooks.pending == 0
+
+
+async def test_overflow_is_counted_once_per_event_whatever_the_number_of_listeners() -> None:
+    overflowed: list[None] = []
+    hooks = EventHooks(max_pending=1, on_overflow=lambda: overflowed.append(None))
+    gate = asyncio.Event()
+
+    async def slow(c: Change) -> None:
+        await gate.wait()
+
+    async def resync(repository: str) -> None:
+        pass
+
+    hooks.subscribe(slow, resync=resync)
+    hooks.subscribe(slow, resync=resync)
+    for n in range(3):
+        hooks.publish(Change(kind=ChangeKind.TAG_PUSH, action="push", event_id=f"e{n}", repository="team/a",
+                             timestamp_us=n))
+    assert len(overflowed) == 3  # e0 overflows for the second listener, e1 and e2 for both: one count each
+    gate.set()
+    await hooks.drain(5)
