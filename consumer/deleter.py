@@ -55,7 +55,9 @@ log = logging.getLogger(__name__)
 
 GROUP = "deleters"
 _READ_BLOCK_MS = 1000
-_BATCH = 16
+# One entry per read: an entry read in a batch waits, idle to XAUTOCLAIM, while the ones before it run, and on a
+# slow registry another replica could claim it and run it too.
+_BATCH = 1
 
 
 class Action(enum.Enum):
@@ -333,6 +335,9 @@ class DeletionWorker:
 
     async def execute(self, deletion: Deletion) -> Outcome:
         """Confirm one deletion and carry it out; raises on errors worth a retry."""
+        # The permit first: the checks below must be as close to the DELETE as they can be (a tag re-pushed or
+        # moved while waiting for the rate limit would otherwise go with it).
+        await self._limiter.acquire()
         current = await self._planner.confirm(deletion)
         if current is None:
             return Outcome(deletion, "dropped", "no longer planned")
@@ -342,7 +347,6 @@ class DeletionWorker:
             subject = await self._live_subject(current)
             if subject is not None:
                 return Outcome(deletion, "dropped", f"refers to live manifest {subject}")
-        await self._limiter.acquire()
         # A registry that turns out unable to delete tags raises TagDeleteUnsupported (a RegistryError): the
         # retry is confirmed again, now planned by digest since the client has learned what the registry can do.
         return await self._delete(deletion, current)
@@ -355,18 +359,15 @@ class DeletionWorker:
             await self._intents.expect(repository, tag=current.tag)
         else:
             await self._intents.expect(repository, digest=current.digest, tags=current.tags)
-        try:
-            if current.action is Action.TAG:
-                assert current.tag is not None
-                deleted = await self._registry.delete_tag(repository, current.tag)
-            else:
-                deleted = await self._registry.delete_manifest(repository, current.digest)
-        except BaseException:
-            # No DELETE happened (or none we know of): no delete event must be waved through on our account.
-            await self._forget(current)
-            raise
+        # The intents stay until they expire when the DELETE fails or finds nothing: a DELETE whose answer was
+        # lost may have deleted (the client's retry then finds it gone), and its event must not be reported as
+        # a deletion nobody planned (nor, with revoke_actor, get the consumer's own tokens revoked).
+        if current.action is Action.TAG:
+            assert current.tag is not None
+            deleted = await self._registry.delete_tag(repository, current.tag)
+        else:
+            deleted = await self._registry.delete_manifest(repository, current.digest)
         if not deleted:
-            await self._forget(current)
             return Outcome(deletion, "gone", "already deleted", current)
         self._metrics.retention_deletions.labels("enforced").inc()
         await self._audit.record(
@@ -375,12 +376,6 @@ class DeletionWorker:
         )
         log.info("retention deleted", extra=_log_fields(current))
         return Outcome(deletion, "deleted", executed=current)
-
-    async def _forget(self, deletion: Deletion) -> None:
-        if deletion.action is Action.TAG:
-            await self._intents.forget(deletion.repository, tag=deletion.tag)
-        else:
-            await self._intents.forget(deletion.repository, digest=deletion.digest, tags=deletion.tags)
 
     async def _live_subject(self, deletion: Deletion) -> str | None:
         """For an untagged manifest: the live manifest its ``subject`` names (a signature, an SBOM), if any."""
@@ -394,11 +389,20 @@ class DeletionWorker:
 
     async def _still_on_registry(self, deletion: Deletion) -> bool:
         """The index may lag the registry: each tag that goes must still name the planned digest there
-        (an untagged manifest must still exist)."""
+        (an untagged manifest must still exist), and a digest DELETE, which takes every tag on the digest
+        with it, must not find a tag the index has not heard of yet (a retag whose push is still in the
+        registry's queue) naming the digest."""
+        repository = deletion.repository
         references = [deletion.tag] if deletion.action is Action.TAG and deletion.tag else list(deletion.tags)
         for reference in references or [deletion.digest]:
-            if await self._registry.head_digest(deletion.repository, reference) != deletion.digest:
+            if await self._registry.head_digest(repository, reference) != deletion.digest:
                 return False
+        if deletion.action is Action.DIGEST:
+            listed = await self._registry.tags(repository) or []
+            planned = set(deletion.tags)
+            for tag in await self._planner.unindexed_tags(repository, [t for t in listed if t not in planned]):
+                if await self._registry.head_digest(repository, tag) == deletion.digest:
+                    return False
         return True
 
 

@@ -87,6 +87,8 @@ log = logging.getLogger(__name__)
 NO_KEEP_RULE = "no_keep_rule"
 # Counted tags looked at below each count window's boundary on each event.
 BOUNDARY_SLACK = 4
+# How many of the newest pushes may not have reached the protected sets yet (another replica's listener lags).
+_LAGGING_PUSHES = 32
 # Boundaries are read in one page when at most this many live tags are protected (else searched for).
 _PAGE_PROTECTED = 16
 INDEX_MEDIA_TYPES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
@@ -473,7 +475,9 @@ class RetentionPlanner:
                 if change.kind is ChangeKind.TAG_PUSH:
                     pipe.zrem(repo.untagged_since, change.digest)
                 else:
-                    pipe.zadd(repo.untagged_since, {change.digest: change.timestamp_us}, nx=True)
+                    # gt: a manifest pushed again by digest (a child of a new multi-arch push) starts its grace
+                    # again, or it could go before the index that will list it arrives.
+                    pipe.zadd(repo.untagged_since, {change.digest: change.timestamp_us}, gt=True)
             fingerprint, *_ = await pipe.execute()
         return None if fingerprint is None else text(fingerprint)
 
@@ -850,6 +854,7 @@ class RetentionPlanner:
             return None
         repository = deletion.repository
         await self._ensure_protected(repository, policy)
+        await self._sync_newest_protected(repository, policy)
         await self._clean_windows(repository, policy)
         if deletion.action is Action.TAG and deletion.tag is not None:
             # The tag's plan now, whatever digest it points at now (the registry is checked before deleting).
@@ -863,6 +868,26 @@ class RetentionPlanner:
                 return found[0]
             return None
         return await self._confirm_untagged(repository, policy, deletion.digest)
+
+    async def _sync_newest_protected(self, repository: str, policy: RetentionPolicy) -> None:
+        """Bring the protected sets up to date for the newest pushes before a deletion is confirmed.
+
+        Another replica may have indexed the push of a protected tag whose listener has not synced the sets
+        yet: left uncounted it would shift every rank below it by one and put a tag the windows keep in their
+        deletion zone. Such a tag is among the newest pushes; the sync is idempotent and checks the index.
+        """
+        counts = [r.last_pushed for r in policy.keep if isinstance(r, KeepLastPushed)]
+        counts += [r.semver_latest for r in policy.keep if isinstance(r, KeepSemverLatest)]
+        if not counts:
+            return
+        protected = await self._redis.zcard(self._keys.repo(repository).retention_protected)
+        depth = max(counts) + int(protected) + BOUNDARY_SLACK + _LAGGING_PUSHES
+        await self._sync_protected(repository, policy, await self._index.newest_tags(repository, depth))
+
+    async def unindexed_tags(self, repository: str, names: list[str]) -> list[str]:
+        """Those of ``names`` the tag index has no live record of."""
+        known = await self._index.get_tags(repository, names) if names else {}
+        return [name for name in names if name not in known]
 
     async def _confirm_untagged(self, repository: str, policy: RetentionPolicy, digest: str) -> Deletion | None:
         repo = self._keys.repo(repository)

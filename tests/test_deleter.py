@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -157,3 +158,53 @@ async def test_queue_gauges(bench: Bench) -> None:
     await refresh_queue_gauges(bench.rig.queue, bench.metrics)
     assert bench.metrics.retention_queue_depth._value.get() == 0
     assert bench.metrics.retention_oldest_pending_age._value.get() == 0
+
+
+async def test_a_digest_delete_is_dropped_when_a_tag_the_index_never_heard_of_names_it(bench: Bench) -> None:
+    """2.x deletes every tag on a digest: a retag whose push event is still in the registry's queue counts."""
+    old = await bench.push("old", 1)
+    await bench.push("new", 2)
+    await skopeo.retag(bench.registry, REPO, "old", "stable")  # the index has not heard of it (yet)
+    [outcome] = await bench.worker().drain()
+    assert (outcome.status, outcome.detail) == ("dropped", "the registry no longer has it as planned")
+    assert await bench.registry.tags(REPO) == ["new", "old", "stable"]
+    assert await bench.registry.head_digest(REPO, "stable") == old
+
+
+async def test_the_rate_limit_permit_comes_before_the_checks(bench: Bench) -> None:
+    await bench.push("old", 1)
+    await bench.push("new", 2)
+    worker = bench.worker()
+    order: list[str] = []
+    limiter_acquire, confirm = worker._limiter.acquire, bench.rig.planner.confirm
+
+    async def acquire() -> None:
+        order.append("permit")
+        await limiter_acquire()
+
+    async def confirmed(deletion: Any) -> Any:
+        order.append("confirm")
+        return await confirm(deletion)
+
+    worker._limiter.acquire = acquire  # type: ignore[method-assign]
+    bench.rig.planner.confirm = confirmed  # type: ignore[method-assign]
+    [outcome] = await worker.drain()
+    assert outcome.status == "deleted" and order == ["permit", "confirm"]
+
+
+async def test_a_delete_that_finds_nothing_keeps_its_intents(bench: Bench) -> None:
+    """A DELETE whose answer was lost is retried by the client and finds the manifest gone: the registry's
+    event for the real deletion must still be the consumer's own, not a deletion nobody planned."""
+    old = await bench.push("old", 1)
+    await bench.push("new", 2)
+    delete = bench.client.delete_manifest
+
+    async def answer_lost(repository: str, digest: str) -> bool:
+        await delete(repository, digest)  # the first DELETE deleted, its answer never came
+        return False  # and the client's retry found nothing left
+
+    bench.client.delete_manifest = answer_lost  # type: ignore[method-assign]
+    [outcome] = await bench.worker().drain()
+    assert outcome.status == "gone"
+    assert await bench.intents.is_expected(REPO, digest=old)
+    assert await bench.intents.is_expected(REPO, tag="old")

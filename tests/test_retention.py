@@ -18,6 +18,7 @@ from consumer.settings import Settings
 from tests.policy_events import digest as policy_digest
 from tests.policy_events import event, send
 from tests.support.retention import (
+    EPOCH_S,
     OCI_INDEX,
     REPO,
     SCENARIO,
@@ -363,3 +364,26 @@ async def test_a_full_listener_backlog_resyncs_the_repository_to_the_same_plan(
     assert [(t["tag"], t["decision"]) for t in body["tags"]] == [
         ("a", "delete"), ("b", "delete"), ("c", "delete"), ("d", "delete"), ("e", "delete"), ("f", "keep")]
     assert app[HOOKS].pending == 0
+
+
+async def test_confirm_counts_a_protected_tag_another_replica_has_not_synced_yet(redis_client: Redis) -> None:
+    rig = make_rig(redis_client, policy_set({"dry_run": False, "keep": [{"last_pushed": 2}], "protected": ["stable"]}))
+    for second, tag in enumerate(["a", "b", "c"], 1):
+        await rig.push(tag, digest_of(tag), second)
+    # Another replica indexed the push of stable; its listener has not synced the protected sets yet.
+    await rig.index.apply(change(ChangeKind.TAG_PUSH, at_s=4, tag="stable", digest=digest_of("stable")))
+    # This replica judges the push of d: with stable counted, c looks third and is queued ...
+    [decision] = [d for d in await rig.push("d", digest_of("d"), 5) if d.tag == "c"]
+    assert decision.deletion is not None
+    # ... but c is the second most recent unprotected tag: the confirmation before the DELETE keeps it.
+    assert await rig.planner.confirm(decision.deletion) is None
+    assert by_tag(await full_plan(rig))["c"].rule == "last_pushed:2"
+
+
+async def test_a_manifest_pushed_again_by_digest_starts_its_untagged_grace_again(redis_client: Redis) -> None:
+    rig = make_rig(redis_client, policy_set({"keep": [{"last_pushed": 1}]}))
+    child = digest_of("child")
+    await rig.apply(change(ChangeKind.MANIFEST_PUSH, at_s=1, digest=child))
+    await rig.apply(change(ChangeKind.MANIFEST_PUSH, at_s=7200, digest=child))  # part of a new multi-arch push
+    since = await redis_client.zscore(rig.keys.repo(REPO).untagged_since, child)
+    assert since == (EPOCH_S + 7200) * 1_000_000
