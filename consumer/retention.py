@@ -107,6 +107,11 @@ def lists_children(media_type: str | None) -> bool:
     return media_type is None or media_type in INDEX_MEDIA_TYPES
 
 
+def unlisted_indexes(manifests: Iterable[ManifestInfo]) -> list[str]:
+    """The live indexes (or manifests of unknown type) whose children the index does not know, sorted."""
+    return sorted(m.digest for m in manifests if lists_children(m.media_type) and not m.references)
+
+
 def rule_label(rule: KeepRule) -> str:
     """How a keep rule is named in plans: ``last_pushed:3``, ``pushed_within:30d``, ``tags``."""
     match rule:
@@ -254,14 +259,22 @@ def decide_untagged(
     live_subject: str | None,
     policy: RetentionPolicy,
     now_us: int,
+    unlisted_index: str | None = None,
 ) -> ManifestDecision:
-    """Plan one live manifest that no live tag points at."""
+    """Plan one live manifest that no live tag points at.
+
+    ``unlisted_index``: a live index of the repository whose children are not known (its push event was
+    lost and reconciliation only saw its digest, or the registry sends no ``references``): any untagged
+    manifest may be one of them, so none goes until they are known.
+    """
 
     def keep(rule: str, reason: str) -> ManifestDecision:
         return ManifestDecision(digest, untagged_since_us, True, rule, reason)
 
     if parents:
         return keep("index_child", f"listed by live index {sorted(parents)[0]}")
+    if unlisted_index is not None:
+        return keep("index_children_unknown", f"live index {unlisted_index} has no recorded children")
     if live_subject is not None:
         return keep("referrer", f"refers to live manifest {live_subject}")
     if policy.untagged is None:
@@ -325,6 +338,7 @@ def build_plan(
         if lists_children(manifest.media_type):
             for child in manifest.references:
                 parents.setdefault(child, []).append(manifest.digest)
+    unlisted = unlisted_indexes(manifests)
     facts = {
         t.tag: TagFacts(
             t.tag, t.digest, t.pushed_at_us, t.last_pulled_at_us, push_rank.get(t.tag), version_rank.get(t.tag),
@@ -348,6 +362,7 @@ def build_plan(
         decide_untagged(
             repository, m.digest, untagged_since.get(m.digest, now_us), parents.get(m.digest, []),
             subject if (subject := subjects.get(m.digest)) in live else None, policy, now_us,
+            next((d for d in unlisted if d != m.digest), None),
         )
         for m in manifests
         if not m.tags and m.digest not in by_digest
@@ -904,7 +919,10 @@ class RetentionPlanner:
             subject_digest = text(subject)
             if await self._redis.zscore(repo.manifests, subject_digest) is not None:
                 live_subject = subject_digest
-        decision = decide_untagged(repository, digest, int(since), parents, live_subject, policy, self._now_us())
+        # O(n), but only before a DELETE (rate-limited): the one moment the answer must be right.
+        unlisted = [d for d in unlisted_indexes(await self._index.list_manifests(repository)) if d != digest]
+        decision = decide_untagged(repository, digest, int(since), parents, live_subject, policy, self._now_us(),
+                                   unlisted[0] if unlisted else None)
         return decision.deletion
 
     async def _clean_windows(self, repository: str, policy: RetentionPolicy) -> None:

@@ -10,7 +10,7 @@ import pytest
 from redis.asyncio import Redis
 
 from consumer.app import create_app
-from consumer.deleter import Action
+from consumer.deleter import Action, Deletion
 from consumer.envelope import ChangeKind
 from consumer.metrics import Metrics
 from consumer.retention import Plan, TagDecision, build_plan
@@ -387,3 +387,23 @@ async def test_a_manifest_pushed_again_by_digest_starts_its_untagged_grace_again
     await rig.apply(change(ChangeKind.MANIFEST_PUSH, at_s=7200, digest=child))  # part of a new multi-arch push
     since = await redis_client.zscore(rig.keys.repo(REPO).untagged_since, child)
     assert since == (EPOCH_S + 7200) * 1_000_000
+
+
+async def test_untagged_manifests_stay_while_a_live_index_has_no_recorded_children(redis_client: Redis) -> None:
+    """An index whose push event was lost is known only by digest (reconciliation's HEAD): its children, pushed
+    by digest, look like any untagged manifest; none goes until the index's children are known."""
+    rig = make_rig(redis_client, policy_set({"dry_run": False, "keep": [{"last_pushed": 1}],
+                                             "untagged": {"delete_after": "1h"}}), tag_deletes=True)
+    children = [digest_of("amd64"), digest_of("arm64")]
+    for child in children:
+        await rig.apply(change(ChangeKind.MANIFEST_PUSH, at_s=1, digest=child))
+    await rig.push("multi", digest_of("index"), 2, media_type=OCI_INDEX)  # no references recorded
+    rig.clock.at_s = 2 * 3600
+    untagged = {m.digest: m for m in (await full_plan(rig)).untagged}
+    assert {untagged[c].rule for c in children} == {"index_children_unknown"}
+    assert all(untagged[c].keep for c in children)
+    deletion = Deletion(REPO, Action.DIGEST, children[0], rule="untagged:1h", reason="queued before")
+    assert await rig.planner.confirm(deletion) is None  # nor at the last check before a DELETE
+    # Once the index's children are known (its push redelivered with references), they are its children.
+    await rig.push("multi", digest_of("index"), 3, media_type=OCI_INDEX, references=children)
+    assert {m.digest: m.rule for m in (await full_plan(rig)).untagged}[children[0]] == "index_child"
