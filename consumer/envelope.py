@@ -7,6 +7,7 @@ fields are ignored so that a newer registry cannot wedge the consumer.
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, NotRequired, Required
@@ -39,7 +40,9 @@ Tag = Annotated[str, StringConstraints(pattern=r"^(?:[\w][\w.-]{0,127})?$")]
 Digest = Annotated[
     str, StringConstraints(max_length=160, pattern=r"^(?:[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,128})?$")
 ]
-ShortText = Annotated[str, StringConstraints(max_length=512)]
+# Informational text (user agents, URLs, media types): bounded, but far above anything real, because an event
+# refused for an overlong user agent would be a change missing from the index.
+ShortText = Annotated[str, StringConstraints(max_length=4096)]
 Size = Annotated[int, Field(ge=0)]
 
 # The shapes are TypedDicts rather than models: validated entirely inside pydantic-core (no Python
@@ -66,7 +69,9 @@ class Target(TypedDict, total=False):
     fromRepository: ShortText | None
     url: ShortText | None
     tag: Tag | None
-    references: Annotated[list[Descriptor], Field(max_length=4096)]
+    # A manifest is at most 4 MiB, so it cannot list more descriptors than this; cutting the list short would
+    # hide children of an index from retention.
+    references: Annotated[list[Descriptor], Field(max_length=65536)]
 
 
 class RequestRecord(TypedDict, total=False):
@@ -170,8 +175,12 @@ def timestamp_us(moment: datetime) -> int:
     return (moment - _EPOCH) // _MICROSECOND
 
 
+_BLOB_URL = re.compile(r"/blobs/[^/]+$")
+
+
 def _is_blob(target: Target) -> bool:
-    return target.get("mediaType") == BLOB_MEDIA_TYPE or "/blobs/" in (target.get("url") or "")
+    # The URL's last two segments, not any "/blobs/" in it: a repository may be called team/blobs.
+    return target.get("mediaType") == BLOB_MEDIA_TYPE or _BLOB_URL.search(target.get("url") or "") is not None
 
 
 def classify(event: RegistryEvent) -> Change:

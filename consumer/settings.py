@@ -245,7 +245,9 @@ class Settings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     registry_auth: RegistryAuthSettings | None = None
 
-    max_body_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1_048_576)
+    # Above the largest event a registry sends: a 4 MiB manifest's push, references included (a 413 is retried
+    # by the registry forever).
+    max_body_bytes: int = Field(default=8 * 1_048_576, ge=1024, le=64 * 1_048_576)
     dedup_ttl_seconds: int = Field(default=7 * DAY_SECONDS, ge=60)
     tombstone_ttl_seconds: int = Field(default=7 * DAY_SECONDS, ge=60)
     dead_letter_max_entries: int = Field(default=10_000, ge=10)

@@ -44,8 +44,8 @@ def _events_of(body: bytes) -> tuple[list[Any] | None, str]:
     """The raw events of an envelope, or None and why the envelope is unusable."""
     try:
         envelope = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return None, f"malformed JSON: {exc}"
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, an integer too long, nesting too deep
+        return None, f"malformed JSON: {type(exc).__name__}: {str(exc)[:200]}"
     if not isinstance(envelope, dict):
         return None, "envelope is not a JSON object"
     events = envelope.get("events")

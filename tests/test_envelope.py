@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from typing import Any
 
@@ -40,3 +41,24 @@ def test_one_bad_event_sends_the_envelope_to_the_slow_path_and_only_it_fails_the
 @pytest.mark.parametrize("body", [b"", b"{", b"[]", b'{"events": []}', b'{"events": [1]}', b"\xff\xfe"])
 def test_unusable_bodies_are_not_an_envelope(body: bytes) -> None:
     assert parse_envelope(body) is None
+
+
+def test_a_repository_called_blobs_is_indexed_like_any_other() -> None:
+    push = copy.deepcopy(load_envelopes("distribution-2.8.2/01-push-oci-single-arch-tag")[-1]["body"]["events"][0])
+    blob = copy.deepcopy(load_envelopes("distribution-2.8.2/01-push-oci-single-arch-tag")[0]["body"]["events"][0])
+    for event in (push, blob):
+        event["target"]["repository"] = "team/blobs"
+        event["target"]["url"] = event["target"]["url"].replace("/v2/myapp1/", "/v2/team/blobs/")
+    assert "/v2/team/blobs/manifests/" in push["target"]["url"] and "/v2/team/blobs/blobs/" in blob["target"]["url"]
+    blob["target"].pop("mediaType", None)  # the URL alone still says it is a blob
+    assert parse_event(push).kind is ChangeKind.TAG_PUSH
+    assert parse_event(blob).kind is ChangeKind.IGNORED
+
+
+def test_a_manifest_with_thousands_of_references_keeps_them_all() -> None:
+    event = copy.deepcopy(load_envelopes("distribution-2.8.2/04-push-multi-arch-index")[-1]["body"]["events"][0])
+    child = event["target"]["references"][0]
+    event["target"]["references"] = [{**child, "digest": f"sha256:{i:064x}"} for i in range(5000)]
+    event["request"]["useragent"] = "containerd/2.0 " + "x" * 1000  # long informational text is no reason either
+    change = parse_event(event)
+    assert change.kind is ChangeKind.TAG_PUSH and len(change.references) == 5000

@@ -196,6 +196,13 @@ def _bad_bodies() -> list[tuple[str, Any]]:
     ]
 
 
+@pytest.mark.parametrize("body", ["[" * 5000 + "]" * 5000, '{"events": [' + "9" * 5000 + "]}"],
+                         ids=["nesting-too-deep", "integer-too-long"])
+async def test_content_python_cannot_even_parse_is_dead_lettered_not_a_500(client, auth_headers, body) -> None:
+    resp = await post(client, auth_headers, body)
+    assert resp.status == 200 and (await resp.json())["dead_lettered"] == 1
+
+
 @pytest.mark.parametrize(("case", "body"), _bad_bodies(), ids=[c for c, _ in _bad_bodies()])
 async def test_bad_content_answers_200_and_is_dead_lettered(client, auth_headers, redis_client, case, body) -> None:
     resp = await post(client, auth_headers, body)
