@@ -174,6 +174,9 @@ async def _background_ctx(app: web.Application) -> AsyncIterator[None]:
     loops = Loops(on_redis_error=app[METRICS].redis_errors.inc)
     loops.every(settings.stats_interval_seconds, lambda: refresh_gauges(app), name="index gauges")
     loops.spawn(warn_on_eviction_policy(app[REDIS]), name="redis eviction policy check")
+    if settings.tombstone_sweep_interval_seconds > 0:
+        loops.every(settings.tombstone_sweep_interval_seconds, app[INDEX].sweep_all_tombstones,
+                    name="tombstone sweep", initial_delay_seconds=settings.tombstone_sweep_interval_seconds)
     yield
     await loops.close(app[STATE].cleanup_seconds(settings.shutdown_timeout_seconds))
 

@@ -9,6 +9,7 @@ converges to the state timestamp order gives.
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -176,6 +177,33 @@ class TagIndex:
             if isinstance(reply, Exception):
                 raise reply
         return bool(replies[0])
+
+    async def sweep_tombstones(self, repository: str, *, now: float | None = None, max_rounds: int = 256) -> int:
+        """Forget the expired tombstones of ``repository``; returns how many sweeping rounds ran.
+
+        Every index script forgets a few expired tombstones of its repository as it runs, so a busy
+        repository needs nothing more; a quiet one (emptied by retention, say) would keep its dead records
+        forever. This runs the same sweep (the ``mark`` script: the prelude's sweep, then a marker that lives
+        a second) until none is left, 16 per round.
+        """
+        repo = self._keys.repo(repository)
+        moment = int(now if now is not None else time.time())
+        script = self._scripts["mark"]
+        rounds = 0
+        while rounds < max_rounds and await self._redis.zcount(repo.tombstones, "-inf", moment) > 0:
+            keys = repo.index_keys(f"tombstone-sweep-{secrets.token_hex(8)}")
+            await script(keys=keys, args=[1, self._tomb_ttl, moment])
+            rounds += 1
+        return rounds
+
+    async def sweep_all_tombstones(self, *, now: float | None = None, batch: int = 200) -> int:
+        """``sweep_tombstones`` for every repository of the catalogue; returns how many had something to forget."""
+        swept, last = 0, None
+        while names := await self.list_repositories(batch, last):
+            for name in names:
+                swept += await self.sweep_tombstones(name, now=now) > 0
+            last = names[-1]
+        return swept
 
     async def list_repositories(self, limit: int, last: str | None) -> list[str]:
         """Repository names after ``last`` in lexical order, like the registry's ``_catalog``."""

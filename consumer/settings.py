@@ -250,6 +250,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=8 * 1_048_576, ge=1024, le=64 * 1_048_576)
     dedup_ttl_seconds: int = Field(default=7 * DAY_SECONDS, ge=60)
     tombstone_ttl_seconds: int = Field(default=7 * DAY_SECONDS, ge=60)
+    # How often every repository's expired tombstones are forgotten (events do it too, but only in their own
+    # repository: a quiet one would keep its dead records forever). 0: only events do it.
+    tombstone_sweep_interval_seconds: float = Field(default=3600.0, ge=0)
     dead_letter_max_entries: int = Field(default=10_000, ge=10)
     dead_letter_max_bytes: int = Field(default=16_384, ge=256)
     stats_interval_seconds: float = Field(default=15.0, gt=0)

@@ -229,3 +229,23 @@ async def test_references_round_trip_whatever_their_characters(redis_client) -> 
         assert await index.apply(change) is True
         info = await index.get_manifest(REPO, DIGESTS[n])
         assert info is not None and info.references == list(refs)
+
+
+async def test_a_quiet_repositorys_expired_tombstones_are_swept(redis_client) -> None:
+    """Events forget expired tombstones only in their own repository: a quiet one needs the periodic sweep."""
+    import time
+
+    keys = RedisKeys("t9")
+    index = TagIndex(redis_client, keys, dedup_ttl_seconds=3600, tombstone_ttl_seconds=60)
+    for i in range(40):  # more than one round's worth (16)
+        await index.apply(make_change(ChangeKind.TAG_PUSH, f"t{i}", DIGESTS[0], 1, i))
+        await index.apply(make_change(ChangeKind.TAG_DELETE, f"t{i}", None, 2, i))
+    await index.apply(make_change(ChangeKind.TAG_PUSH, "live", DIGESTS[1], 3))
+    repo = keys.repo(REPO)
+    assert await redis_client.zcard(repo.tombstones) == 40
+    assert await index.sweep_all_tombstones(now=time.time() + 30) == 0  # not expired yet: nothing goes
+    assert await redis_client.hlen(repo.tag_records) == 41
+    assert await index.sweep_all_tombstones(now=time.time() + 61) == 1
+    assert await redis_client.zcard(repo.tombstones) == 0
+    assert await redis_client.hkeys(repo.tag_records) == [b"live"]
+    assert [t.tag for t in await index.list_tags(REPO)] == ["live"]
