@@ -249,3 +249,23 @@ async def test_a_quiet_repositorys_expired_tombstones_are_swept(redis_client) ->
     assert await redis_client.zcard(repo.tombstones) == 0
     assert await redis_client.hkeys(repo.tag_records) == [b"live"]
     assert [t.tag for t in await index.list_tags(REPO)] == ["live"]
+
+
+async def test_a_tags_last_pull_is_of_the_image_it_names_now(redis_client) -> None:
+    index = new_index(redis_client, "t10")
+
+    async def last_pulled() -> int | None:
+        (tag,) = [t for t in await index.list_tags(REPO) if t.tag == "1.0"]
+        return tag.last_pulled_at_us
+
+    x, y = DIGESTS[0], DIGESTS[1]
+    await index.apply(make_change(ChangeKind.TAG_PUSH, "1.0", x, 1))
+    await index.apply(make_change(ChangeKind.PULL, "1.0", x, 2))
+    await index.apply(make_change(ChangeKind.TAG_DELETE, "1.0", None, 3))
+    await index.apply(make_change(ChangeKind.TAG_PUSH, "1.0", x, 4))  # re-created: the old life's pull is not its
+    assert await last_pulled() is None
+    await index.apply(make_change(ChangeKind.TAG_PUSH, "1.0", y, 5))  # moved to another image
+    await index.apply(make_change(ChangeKind.PULL, "1.0", y, 7))  # delivered before ...
+    await index.apply(make_change(ChangeKind.PULL, "1.0", x, 6, 500))  # ... a late pull of the old image
+    pulled = await last_pulled()
+    assert pulled is not None and pulled == make_change(ChangeKind.PULL, "1.0", y, 7).timestamp_us

@@ -51,6 +51,20 @@ local function touch_manifest(digest, ts, media_type, size, refs)
   return m
 end
 
+-- A tag's last pull: the newest pull of the digest it names now, made since that push (a pull of the image
+-- it named before, or of an earlier life of the tag, does not count). `pulls` keeps the newest pull per
+-- digest; one older than the tag's push can never count again and is dropped, so the table stays small,
+-- and the answer depends only on the final push, whatever the order of delivery.
+local function settle_pulls(r)
+  local pulls, best = r.pulls or {}, nil
+  for d, t in pairs(pulls) do
+    if num(t) < num(r.ts) then pulls[d] = nil end
+  end
+  if r.d and pulls[r.d] then best = pulls[r.d] end
+  if next(pulls) == nil then pulls = nil end
+  r.pulls, r.pulled = pulls, best
+end
+
 -- Take a tag out of the live set (its record stays as a tombstone).
 local function kill_tag(tag, digest)
   redis.call('ZREM', KEYS[2], tag)

@@ -8,6 +8,7 @@ local cur = num(r.ts)
 if num(ts) > cur or (num(ts) == cur and digest > (r.d or '')) then
   local old = r.d
   r.ts, r.d, r.mt, r.sz, r.actor = ts, digest, ARGV[7], ARGV[8], ARGV[9]
+  settle_pulls(r)
   save(KEYS[3], tag, r)
   if old and old ~= digest then redis.call('ZREM', KEYS[4], old .. ' ' .. tag) end
   if num(ts) > num(r.del) and num(ts) > num(m.del) then
