@@ -144,7 +144,10 @@ class TagIndex:
     async def apply(self, change: Change) -> bool:
         """Apply one event; False when its id was already applied (a duplicate delivery)."""
         repo = self._keys.repo(change.repository)
-        args: list[str | int] = [self._dedup_ttl, self._tomb_ttl, int(time.time())]
+        # An ignored event (blobs, mounts, HEADs: most of them) changes nothing, so its marker only tells a
+        # duplicate from a first delivery in the counts; an hour covers the registry's redeliveries.
+        marker_ttl = self._dedup_ttl if change.kind is not ChangeKind.IGNORED else min(self._dedup_ttl, 3600)
+        args: list[str | int] = [marker_ttl, self._tomb_ttl, int(time.time())]
         ts = str(change.timestamp_us)
         size = "" if change.size is None else str(change.size)
         refs = _json_strings(change.references) if change.references else ""

@@ -269,3 +269,14 @@ async def test_a_tags_last_pull_is_of_the_image_it_names_now(redis_client) -> No
     await index.apply(make_change(ChangeKind.PULL, "1.0", x, 6, 500))  # ... a late pull of the old image
     pulled = await last_pulled()
     assert pulled is not None and pulled == make_change(ChangeKind.PULL, "1.0", y, 7).timestamp_us
+
+
+async def test_an_ignored_events_marker_lives_an_hour_an_applied_ones_the_dedup_ttl(redis_client) -> None:
+    keys = RedisKeys("t11")
+    index = TagIndex(redis_client, keys, dedup_ttl_seconds=7 * 86400, tombstone_ttl_seconds=3600)
+    blob = replace(make_change(ChangeKind.TAG_PUSH, "1.0", DIGESTS[0], 1), kind=ChangeKind.IGNORED, event_id="blob")
+    push = replace(make_change(ChangeKind.TAG_PUSH, "1.0", DIGESTS[0], 2), event_id="push")
+    assert await index.apply(blob) and await index.apply(push)
+    assert not await index.apply(blob)  # still a duplicate while its marker lives
+    assert 3500 < await redis_client.ttl(keys.repo(REPO).event("blob")) <= 3600
+    assert await redis_client.ttl(keys.repo(REPO).event("push")) > 6 * 86400
