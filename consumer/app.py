@@ -38,7 +38,7 @@ from consumer.appkeys import (
     VERIFIER,
 )
 from consumer.auth import revocation_cache_ctx
-from consumer.background import REDIS_DOWN, Loops
+from consumer.background import LOOP_CLOSE_SECONDS, REDIS_DOWN, Loops
 from consumer.connections import open_redis
 from consumer.deadletters import DeadLetters
 from consumer.errors import AuthError, ConsumerError, ForbiddenError, StoreUnavailable
@@ -178,7 +178,8 @@ async def _background_ctx(app: web.Application) -> AsyncIterator[None]:
         loops.every(settings.tombstone_sweep_interval_seconds, app[INDEX].sweep_all_tombstones,
                     name="tombstone sweep", initial_delay_seconds=settings.tombstone_sweep_interval_seconds)
     yield
-    await loops.close(app[STATE].cleanup_seconds(settings.shutdown_timeout_seconds))
+    await loops.close(app[STATE].cleanup_seconds(settings.shutdown_timeout_seconds,
+                                                    at_most=LOOP_CLOSE_SECONDS))
 
 
 def mark_shutting_down(app: web.Application) -> None:

@@ -18,6 +18,9 @@ import redis.exceptions
 
 log = logging.getLogger(__name__)
 REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.BusyLoadingError)
+# At shutdown a loop's round (a sweep, a reconciliation, a deletion) gets this long to finish before it is
+# cancelled: it starts again after the restart, while the listeners' work on acknowledged events does not.
+LOOP_CLOSE_SECONDS = 2.0
 
 
 class Loops:

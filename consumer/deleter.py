@@ -335,9 +335,21 @@ class DeletionWorker:
 
     async def execute(self, deletion: Deletion) -> Outcome:
         """Confirm one deletion and carry it out; raises on errors worth a retry."""
-        # The permit first: the checks below must be as close to the DELETE as they can be (a tag re-pushed or
-        # moved while waiting for the rate limit would otherwise go with it).
+        dropped = await self._check(deletion)
+        if isinstance(dropped, Outcome):
+            return dropped  # no permit spent on what will not be deleted
+        # The checks again once the permit is ours: they must be as close to the DELETE as they can be (a tag
+        # re-pushed or moved while waiting for the rate limit would otherwise go with it).
         await self._limiter.acquire()
+        current = await self._check(deletion)
+        if isinstance(current, Outcome):
+            return current
+        # A registry that turns out unable to delete tags raises TagDeleteUnsupported (a RegistryError): the
+        # retry is confirmed again, now planned by digest since the client has learned what the registry can do.
+        return await self._delete(deletion, current)
+
+    async def _check(self, deletion: Deletion) -> Deletion | Outcome:
+        """The deletion as it stands now, or the outcome that drops it."""
         current = await self._planner.confirm(deletion)
         if current is None:
             return Outcome(deletion, "dropped", "no longer planned")
@@ -347,9 +359,7 @@ class DeletionWorker:
             subject = await self._live_subject(current)
             if subject is not None:
                 return Outcome(deletion, "dropped", f"refers to live manifest {subject}")
-        # A registry that turns out unable to delete tags raises TagDeleteUnsupported (a RegistryError): the
-        # retry is confirmed again, now planned by digest since the client has learned what the registry can do.
-        return await self._delete(deletion, current)
+        return current
 
     async def _delete(self, deletion: Deletion, current: Deletion) -> Outcome:
         """Write the intents, send the DELETE, and withdraw the intents if nothing was deleted."""
@@ -359,15 +369,17 @@ class DeletionWorker:
             await self._intents.expect(repository, tag=current.tag)
         else:
             await self._intents.expect(repository, digest=current.digest, tags=current.tags)
-        # The intents stay until they expire when the DELETE fails or finds nothing: a DELETE whose answer was
-        # lost may have deleted (the client's retry then finds it gone), and its event must not be reported as
-        # a deletion nobody planned (nor, with revoke_actor, get the consumer's own tokens revoked).
+        # The intents stay until they expire when the DELETE fails: one whose answer was lost may have deleted,
+        # and its event must not be reported as a deletion nobody planned (nor, with revoke_actor, get the
+        # consumer's own tokens revoked). The client counts a 404 after a retry as deleted for that reason.
         if current.action is Action.TAG:
             assert current.tag is not None
             deleted = await self._registry.delete_tag(repository, current.tag)
         else:
             deleted = await self._registry.delete_manifest(repository, current.digest)
         if not deleted:
+            # Gone at the first attempt: somebody else deleted it, and their delete event is theirs to explain.
+            await self._forget(current)
             return Outcome(deletion, "gone", "already deleted", current)
         self._metrics.retention_deletions.labels("enforced").inc()
         await self._audit.record(
@@ -376,6 +388,12 @@ class DeletionWorker:
         )
         log.info("retention deleted", extra=_log_fields(current))
         return Outcome(deletion, "deleted", executed=current)
+
+    async def _forget(self, deletion: Deletion) -> None:
+        if deletion.action is Action.TAG:
+            await self._intents.forget(deletion.repository, tag=deletion.tag)
+        else:
+            await self._intents.forget(deletion.repository, digest=deletion.digest, tags=deletion.tags)
 
     async def _live_subject(self, deletion: Deletion) -> str | None:
         """For an untagged manifest: the live manifest its ``subject`` names (a signature, an SBOM), if any."""
@@ -390,19 +408,22 @@ class DeletionWorker:
     async def _still_on_registry(self, deletion: Deletion) -> bool:
         """The index may lag the registry: each tag that goes must still name the planned digest there
         (an untagged manifest must still exist), and a digest DELETE, which takes every tag on the digest
-        with it, must not find a tag the index has not heard of yet (a retag whose push is still in the
-        registry's queue) naming the digest."""
+        with it, must not find any other tag naming the digest (a retag or a rollback whose push is still in
+        the registry's queue)."""
         repository = deletion.repository
         references = [deletion.tag] if deletion.action is Action.TAG and deletion.tag else list(deletion.tags)
         for reference in references or [deletion.digest]:
             if await self._registry.head_digest(repository, reference) != deletion.digest:
                 return False
         if deletion.action is Action.DIGEST:
-            listed = await self._registry.tags(repository) or []
+            # Every other tag, not only those the index has not heard of: a known tag may have been moved onto
+            # this digest too (a rollback by retag) with its event still queued. O(tags) HEADs, bounded by the
+            # client's concurrency, before a DELETE that cannot be undone.
             planned = set(deletion.tags)
-            for tag in await self._planner.unindexed_tags(repository, [t for t in listed if t not in planned]):
-                if await self._registry.head_digest(repository, tag) == deletion.digest:
-                    return False
+            others = [t for t in await self._registry.tags(repository) or [] if t not in planned]
+            digests = await asyncio.gather(*(self._registry.head_digest(repository, t) for t in others))
+            if deletion.digest in digests:
+                return False
         return True
 
 

@@ -63,7 +63,7 @@ class EventHooks:
         self._pending = 0
         self._max_pending = max_pending
         self._on_overflow = on_overflow
-        self._stopping = False  # drain gave up: workers stop after the run they are in
+        self._given_up: set[asyncio.Task[None]] = set()  # workers a drain cancelled: they stop after this run
 
     @property
     def pending(self) -> int:
@@ -110,6 +110,7 @@ class EventHooks:
     def _worker_done(self, sub: _Subscription, repository: str, queue: collections.deque[tuple[Item, Any]],
                      task: asyncio.Task[None]) -> None:
         self._workers.discard(task)
+        self._given_up.discard(task)
         if sub.queues.get(repository) is queue:  # cancelled before it ever ran: _work's finally did not do this
             self._pending -= len(queue)
             del sub.queues[repository]
@@ -117,7 +118,7 @@ class EventHooks:
     async def _work(self, sub: _Subscription, repository: str,
                     queue: collections.deque[tuple[Item, contextvars.Context]]) -> None:
         try:
-            while queue and not self._stopping:
+            while queue and asyncio.current_task() not in self._given_up:
                 # Off the queue before it runs: a resync that has started reading the index must not absorb
                 # events applied after (they queue a resync of their own).
                 item, context = queue.popleft()
@@ -146,7 +147,7 @@ class EventHooks:
             if pending:
                 # redis-py may turn a cancellation into a connection error, which a worker catches like any
                 # listener failure: without this it would go on through the rest of its queue.
-                self._stopping = True
+                self._given_up |= pending
                 for task in pending:
                     task.cancel()
                 # Bounded: a listener inside a redis-py call may swallow its cancellation (consumer.background).

@@ -31,7 +31,7 @@ from consumer.appkeys import (
     STATE,
 )
 from consumer.audit import AuditLog
-from consumer.background import Loops
+from consumer.background import LOOP_CLOSE_SECONDS, Loops
 from consumer.connections import open_redis
 from consumer.deletions import DeletionWatch, SubjectRevoker
 from consumer.errors import ConfigError, RegistryError
@@ -166,7 +166,8 @@ async def policies_ctx(app: web.Application) -> AsyncIterator[None]:
                 loops.every(settings.reconcile.interval_seconds, lambda: _reconcile(reconciler), name="reconciliation",
                             initial_delay_seconds=settings.reconcile.initial_delay_seconds, expected=(RegistryError,))
         yield
-        await loops.close(app[STATE].cleanup_seconds(settings.shutdown_timeout_seconds))
+        await loops.close(app[STATE].cleanup_seconds(settings.shutdown_timeout_seconds,
+                                                    at_most=LOOP_CLOSE_SECONDS))
         # Listeners may still be using the registry session: let them finish before it closes.
         await app[HOOKS].drain(app[STATE].cleanup_seconds(settings.shutdown_timeout_seconds))
 

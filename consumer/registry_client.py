@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -78,6 +79,7 @@ class _Answer:
     status: int
     headers: Mapping[str, str]
     body: bytes
+    retried: bool = False  # an earlier attempt was sent and failed (its effect is unknown)
 
     def error_code(self) -> str | None:
         """The first ``errors[].code`` of a distribution error body, if any."""
@@ -221,13 +223,17 @@ class RegistryClient:
         return answer.headers.get("Docker-Content-Digest") or "sha256:" + hashlib.sha256(body).hexdigest()
 
     async def delete_manifest(self, repository: str, digest: str) -> bool:
-        """DELETE a manifest by digest (the registry untags every tag on it). False if it was already gone."""
+        """DELETE a manifest by digest (the registry untags every tag on it). False if it was already gone.
+
+        A 404 after a retried attempt counts as deleted: the attempt whose answer was lost is the likeliest
+        to have deleted it.
+        """
         if not is_digest(digest):
             raise ValueError(f"delete_manifest needs a digest, got {digest!r}")
         answer = await self._call(
             "DELETE", f"/v2/{repository}/manifests/{digest}", _scope(repository, "delete"), ok=(202, 404)
         )
-        return answer.status == 202
+        return answer.status == 202 or (answer.status == 404 and answer.retried)
 
     async def delete_tag(self, repository: str, tag: str) -> bool:
         """DELETE one tag (distribution 3.x, OCI 1.1). False if the tag did not exist.
@@ -247,7 +253,7 @@ class RegistryClient:
                 registry_code=answer.error_code(),
             )
         self._tag_delete = True
-        return answer.status == 202
+        return answer.status == 202 or (answer.status == 404 and answer.retried)  # as delete_manifest
 
     async def supports_tag_delete(self, repository: str) -> bool:
         """Whether the registry deletes tags by name; learned once, then cached for this client.
@@ -354,7 +360,7 @@ class RegistryClient:
                 reason = type(exc).__name__
             else:
                 if answer.status < 500 or attempt >= settings.retries:
-                    return answer
+                    return dataclasses.replace(answer, retried=True) if attempt else answer
                 reason = str(answer.status)
             delay = min(settings.backoff_max_seconds, settings.backoff_seconds * 2**attempt)
             delay *= 0.5 + random.random() / 2  # jitter: replicas do not retry in lockstep

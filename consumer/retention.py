@@ -87,8 +87,9 @@ log = logging.getLogger(__name__)
 NO_KEEP_RULE = "no_keep_rule"
 # Counted tags looked at below each count window's boundary on each event.
 BOUNDARY_SLACK = 4
-# How many of the newest pushes may not have reached the protected sets yet (another replica's listener lags).
-_LAGGING_PUSHES = 32
+# How many of the newest pushes may not have reached the protected sets yet (another replica's listener lags):
+# a lagging push is by definition a recent one.
+_LAGGING_PUSHES = 64
 # Boundaries are read in one page when at most this many live tags are protected (else searched for).
 _PAGE_PROTECTED = 16
 INDEX_MEDIA_TYPES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
@@ -265,7 +266,8 @@ def decide_untagged(
 
     ``unlisted_index``: a live index of the repository whose children are not known (its push event was
     lost and reconciliation only saw its digest, or the registry sends no ``references``): any untagged
-    manifest may be one of them, so none goes until they are known.
+    manifest may be one of them, so none goes until they are known. (An untagged index is never held back
+    by another: indexes are not children, and two would otherwise keep each other forever.)
     """
 
     def keep(rule: str, reason: str) -> ManifestDecision:
@@ -362,7 +364,7 @@ def build_plan(
         decide_untagged(
             repository, m.digest, untagged_since.get(m.digest, now_us), parents.get(m.digest, []),
             subject if (subject := subjects.get(m.digest)) in live else None, policy, now_us,
-            next((d for d in unlisted if d != m.digest), None),
+            None if lists_children(m.media_type) else next(iter(unlisted), None),
         )
         for m in manifests
         if not m.tags and m.digest not in by_digest
@@ -891,18 +893,9 @@ class RetentionPlanner:
         yet: left uncounted it would shift every rank below it by one and put a tag the windows keep in their
         deletion zone. Such a tag is among the newest pushes; the sync is idempotent and checks the index.
         """
-        counts = [r.last_pushed for r in policy.keep if isinstance(r, KeepLastPushed)]
-        counts += [r.semver_latest for r in policy.keep if isinstance(r, KeepSemverLatest)]
-        if not counts:
-            return
-        protected = await self._redis.zcard(self._keys.repo(repository).retention_protected)
-        depth = max(counts) + int(protected) + BOUNDARY_SLACK + _LAGGING_PUSHES
-        await self._sync_protected(repository, policy, await self._index.newest_tags(repository, depth))
-
-    async def unindexed_tags(self, repository: str, names: list[str]) -> list[str]:
-        """Those of ``names`` the tag index has no live record of."""
-        known = await self._index.get_tags(repository, names) if names else {}
-        return [name for name in names if name not in known]
+        if not any(isinstance(r, KeepLastPushed | KeepSemverLatest) for r in policy.keep):
+            return  # only the count rules rank tags
+        await self._sync_protected(repository, policy, await self._index.newest_tags(repository, _LAGGING_PUSHES))
 
     async def _confirm_untagged(self, repository: str, policy: RetentionPolicy, digest: str) -> Deletion | None:
         repo = self._keys.repo(repository)
@@ -920,7 +913,9 @@ class RetentionPlanner:
             if await self._redis.zscore(repo.manifests, subject_digest) is not None:
                 live_subject = subject_digest
         # O(n), but only before a DELETE (rate-limited): the one moment the answer must be right.
-        unlisted = [d for d in unlisted_indexes(await self._index.list_manifests(repository)) if d != digest]
+        manifests = await self._index.list_manifests(repository)
+        media_type = next((m.media_type for m in manifests if m.digest == digest), None)
+        unlisted = [] if lists_children(media_type) else unlisted_indexes(manifests)
         decision = decide_untagged(repository, digest, int(since), parents, live_subject, policy, self._now_us(),
                                    unlisted[0] if unlisted else None)
         return decision.deletion

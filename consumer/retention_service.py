@@ -29,7 +29,7 @@ from consumer.appkeys import (
     SETTINGS,
     STATE,
 )
-from consumer.background import Loops
+from consumer.background import LOOP_CLOSE_SECONDS, Loops
 from consumer.deleter import DeletionQueue, DeletionWorker, refresh_queue_gauges
 from consumer.errors import RegistryError
 from consumer.retention import RetentionPlanner
@@ -78,4 +78,5 @@ async def retention_ctx(app: web.Application) -> AsyncIterator[None]:
                                 settings.retention)
         loops.spawn(worker.run(loops), name="retention deletion worker")
     yield
-    await loops.close(app[STATE].cleanup_seconds(settings.shutdown_timeout_seconds))
+    await loops.close(app[STATE].cleanup_seconds(settings.shutdown_timeout_seconds,
+                                                    at_most=LOOP_CLOSE_SECONDS))

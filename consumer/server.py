@@ -7,10 +7,10 @@ The order is what whoever routes traffic here relies on:
    a second signal cuts this delay short;
 2. the listener closes and idle connections are closed; requests in flight get ``shutdown_timeout_seconds``
    to finish, then are cancelled;
-3. the application's cleanup runs: event-hook listeners still working (latest fixes, retention actions) and
-   background loops get up to ``shutdown_timeout_seconds`` more, one budget shared by all of them
-   (``ServiceState.cleanup_seconds``; plus at most a second for each that ignores its cancellation), then
-   Redis is closed.
+3. the application's cleanup runs: event-hook listeners still working (latest fixes, retention actions) get
+   up to ``shutdown_timeout_seconds`` more, one budget shared by all cleanup (``ServiceState.cleanup_seconds``;
+   a background loop's round gets at most ``LOOP_CLOSE_SECONDS`` of it, as it starts again after a restart;
+   plus at most a second for each that ignores its cancellation), then Redis is closed.
 
 So the process exits within ``shutdown_delay_seconds + 2 * shutdown_timeout_seconds`` of the first signal,
 with status 0.

@@ -31,7 +31,7 @@ from consumer.appkeys import (
     VERIFIER,
 )
 from consumer.auth import SCOPE_TOKENS_ADMIN, SCOPE_TOKENS_INTROSPECT, require_scope
-from consumer.background import Loops
+from consumer.background import LOOP_CLOSE_SECONDS, Loops
 from consumer.errors import AuthError, BadRequest
 from consumer.revocation import Revocation, RevocationStore, RevokeOutcome
 from consumer.tokens import TokenVerifier, verify_any
@@ -211,4 +211,5 @@ async def revocation_ctx(app: web.Application) -> AsyncIterator[None]:
     loops = Loops(on_redis_error=app[METRICS].redis_errors.inc)
     loops.every(app[SETTINGS].stats_interval_seconds, lambda: _refresh_gauge(app), name="revocation gauge")
     yield
-    await loops.close(app[STATE].cleanup_seconds(app[SETTINGS].shutdown_timeout_seconds))
+    await loops.close(app[STATE].cleanup_seconds(app[SETTINGS].shutdown_timeout_seconds,
+                                                at_most=LOOP_CLOSE_SECONDS))

@@ -171,7 +171,7 @@ async def test_a_digest_delete_is_dropped_when_a_tag_the_index_never_heard_of_na
     assert await bench.registry.head_digest(REPO, "stable") == old
 
 
-async def test_the_rate_limit_permit_comes_before_the_checks(bench: Bench) -> None:
+async def test_the_checks_are_made_again_once_the_rate_limit_permit_is_ours(bench: Bench) -> None:
     await bench.push("old", 1)
     await bench.push("new", 2)
     worker = bench.worker()
@@ -189,22 +189,48 @@ async def test_the_rate_limit_permit_comes_before_the_checks(bench: Bench) -> No
     worker._limiter.acquire = acquire  # type: ignore[method-assign]
     bench.rig.planner.confirm = confirmed  # type: ignore[method-assign]
     [outcome] = await worker.drain()
-    assert outcome.status == "deleted" and order == ["permit", "confirm"]
+    assert outcome.status == "deleted" and order == ["confirm", "permit", "confirm"]
 
 
-async def test_a_delete_that_finds_nothing_keeps_its_intents(bench: Bench) -> None:
-    """A DELETE whose answer was lost is retried by the client and finds the manifest gone: the registry's
-    event for the real deletion must still be the consumer's own, not a deletion nobody planned."""
+async def test_a_delete_that_finds_nothing_at_once_leaves_the_deletion_to_whoever_did_it(bench: Bench) -> None:
+    """Gone at the first attempt: somebody else deleted it between the checks and the DELETE; their delete
+    event is theirs to explain, so the intents are withdrawn."""
     old = await bench.push("old", 1)
     await bench.push("new", 2)
     delete = bench.client.delete_manifest
 
-    async def answer_lost(repository: str, digest: str) -> bool:
-        await delete(repository, digest)  # the first DELETE deleted, its answer never came
-        return False  # and the client's retry found nothing left
+    async def beaten_to_it(repository: str, digest: str) -> bool:
+        await bench.registry.delete_manifest(repository, digest)  # someone else, just before
+        return await delete(repository, digest)  # a plain 404
 
-    bench.client.delete_manifest = answer_lost  # type: ignore[method-assign]
+    bench.client.delete_manifest = beaten_to_it  # type: ignore[method-assign]
     [outcome] = await bench.worker().drain()
     assert outcome.status == "gone"
-    assert await bench.intents.is_expected(REPO, digest=old)
-    assert await bench.intents.is_expected(REPO, tag="old")
+    assert not await bench.intents.is_expected(REPO, digest=old)
+
+
+async def test_a_digest_delete_is_dropped_when_a_known_tag_was_moved_onto_the_digest(bench: Bench) -> None:
+    old = await bench.push("old", 1)
+    await bench.push("new", 2)
+    await skopeo.retag(bench.registry, REPO, "old", "new")  # a rollback; the index has not heard of it yet
+    [outcome] = await bench.worker().drain()
+    assert (outcome.status, outcome.detail) == ("dropped", "the registry no longer has it as planned")
+    assert await bench.registry.tags(REPO) == ["new", "old"]
+    assert await bench.registry.head_digest(REPO, "new") == old
+
+
+async def test_a_dropped_deletion_spends_no_rate_limit_permit(bench: Bench) -> None:
+    await bench.push("old", 1)
+    digest = await bench.push("new", 2)
+    await bench.rig.push("old", digest, 3)  # old moved onto new's digest: no longer planned
+    worker = bench.worker()
+    permits: list[None] = []
+    acquire = worker._limiter.acquire
+
+    async def counted() -> None:
+        permits.append(None)
+        await acquire()
+
+    worker._limiter.acquire = counted  # type: ignore[method-assign]
+    [outcome] = await worker.drain()
+    assert outcome.status == "dropped" and permits == []

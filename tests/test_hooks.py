@@ -259,3 +259,22 @@ async def test_overflow_is_counted_once_per_event_whatever_the_number_of_listene
     assert len(overflowed) == 3  # e0 overflows for the second listener, e1 and e2 for both: one count each
     gate.set()
     await hooks.drain(5)
+
+
+async def test_after_a_drain_gave_up_new_events_are_still_handled() -> None:
+    hooks = EventHooks()
+    seen: list[str] = []
+
+    async def listener(c: Change) -> None:
+        if c.event_id == "stuck":
+            await asyncio.Event().wait()
+        seen.append(c.event_id)
+
+    hooks.subscribe(listener)
+    hooks.publish(Change(kind=ChangeKind.TAG_PUSH, action="push", event_id="stuck", repository="team/a",
+                         timestamp_us=1))
+    await hooks.drain(0.05)  # gives up on the stuck one
+    hooks.publish(Change(kind=ChangeKind.TAG_PUSH, action="push", event_id="later", repository="team/a",
+                         timestamp_us=2))
+    await hooks.drain(5)
+    assert seen == ["later"] and hooks.pending == 0

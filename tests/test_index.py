@@ -280,3 +280,22 @@ async def test_an_ignored_events_marker_lives_an_hour_an_applied_ones_the_dedup_
     assert not await index.apply(blob)  # still a duplicate while its marker lives
     assert 3500 < await redis_client.ttl(keys.repo(REPO).event("blob")) <= 3600
     assert await redis_client.ttl(keys.repo(REPO).event("push")) > 6 * 86400
+
+
+async def test_a_record_from_before_per_digest_pulls_keeps_its_last_pull(redis_client) -> None:
+    """Tag records written by the earlier scripts have `pulled` and no `pulls`: nothing may rewind it."""
+    import json
+
+    index = new_index(redis_client, "t12")
+    x, y = DIGESTS[0], DIGESTS[1]
+    await index.apply(make_change(ChangeKind.TAG_PUSH, "1.0", x, 1))
+    late = make_change(ChangeKind.PULL, "1.0", x, 30)
+    repo = RedisKeys("t12").repo(REPO)
+    record = json.loads(await redis_client.hget(repo.tag_records, "1.0"))
+    record.pop("pulls", None)
+    record["pulled"] = str(late.timestamp_us)  # as the earlier pull.lua left it
+    await redis_client.hset(repo.tag_records, "1.0", json.dumps(record))
+    await index.apply(make_change(ChangeKind.PULL, "1.0", x, 10))  # an older pull, delivered late
+    await index.apply(make_change(ChangeKind.PULL, "1.0", y, 20))  # a stray pull naming another digest
+    (tag,) = await index.list_tags(REPO)
+    assert tag.last_pulled_at_us == late.timestamp_us

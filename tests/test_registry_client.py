@@ -300,3 +300,19 @@ def test_a_ca_file_that_is_not_pem_is_a_config_error(tmp_path: Path) -> None:
     bad.write_text("not a certificate\n")
     with pytest.raises(ConfigError, match=r"registry\.ca_file"):
         load_settings(None, registry={"url": "https://registry.example", "ca_file": str(bad)})
+
+
+async def test_a_delete_that_finds_nothing_after_a_retry_counts_as_deleted() -> None:
+    """The retried attempt's answer was lost; the likeliest reason the manifest is gone is that attempt."""
+    d1, d2 = "sha256:" + "1" * 64, "sha256:" + "2" * 64
+    server = FaultServer({f"/v2/x/manifests/{d1}": [503, 404], f"/v2/x/manifests/{d2}": [404],
+                          "/v2/x/manifests/t1": [502, 404], "/v2/x/manifests/t2": [404]})
+    await server.start()
+    try:
+        async with RegistryClient.open(_settings(server.url, retries=2)) as client:
+            assert await client.delete_manifest("x", d1) is True
+            assert await client.delete_manifest("x", d2) is False  # gone at the first attempt: not ours
+            assert await client.delete_tag("x", "t1") is True
+            assert await client.delete_tag("x", "t2") is False
+    finally:
+        await server.stop()

@@ -407,3 +407,15 @@ async def test_untagged_manifests_stay_while_a_live_index_has_no_recorded_childr
     # Once the index's children are known (its push redelivered with references), they are its children.
     await rig.push("multi", digest_of("index"), 3, media_type=OCI_INDEX, references=children)
     assert {m.digest: m.rule for m in (await full_plan(rig)).untagged}[children[0]] == "index_child"
+
+
+async def test_untagged_indexes_with_unknown_children_do_not_hold_each_other_back(redis_client: Redis) -> None:
+    rig = make_rig(redis_client, policy_set({"keep": [{"last_pushed": 1}], "untagged": {"delete_after": "1h"}}),
+                   tag_deletes=True)
+    for name in ("index-a", "index-b"):  # pushed by digest, their children never recorded
+        await rig.apply(change(ChangeKind.MANIFEST_PUSH, at_s=1, digest=digest_of(name), media_type=OCI_INDEX))
+    await rig.apply(change(ChangeKind.MANIFEST_PUSH, at_s=1, digest=digest_of("child")))
+    rig.clock.at_s = 2 * 3600
+    rules = {m.digest: m.rule for m in (await full_plan(rig)).untagged}
+    assert rules[digest_of("index-a")] == rules[digest_of("index-b")] == "untagged:1h"  # both may go
+    assert rules[digest_of("child")] == "index_children_unknown"  # the manifest that may be a child stays

@@ -55,6 +55,10 @@ end
 -- it named before, or of an earlier life of the tag, does not count). `pulls` keeps the newest pull per
 -- digest; one older than the tag's push can never count again and is dropped, so the table stays small,
 -- and the answer depends only on the final push, whatever the order of delivery.
+-- A record written before `pulls` existed: its `pulled` was of the digest it names.
+local function adopt_pulls(r)
+  if r.pulls == nil and r.pulled and r.d then r.pulls = {[r.d] = r.pulled} end
+end
 local function settle_pulls(r)
   local pulls, best = r.pulls or {}, nil
   for d, t in pairs(pulls) do

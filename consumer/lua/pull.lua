@@ -9,6 +9,7 @@ local function bury_if_dead(live, field, prefix)
 end
 if tag ~= '' then
   local r = load(KEYS[3], tag)
+  adopt_pulls(r)
   r.pulls = r.pulls or {}
   if num(ts) > num(r.pulls[digest]) then r.pulls[digest] = ts end
   settle_pulls(r)

@@ -4,6 +4,7 @@
 local tag, digest, ts = ARGV[4], ARGV[5], ARGV[6]
 local m = touch_manifest(digest, ts, ARGV[7], ARGV[8], ARGV[10])
 local r = load(KEYS[3], tag)
+adopt_pulls(r)
 local cur = num(r.ts)
 if num(ts) > cur or (num(ts) == cur and digest > (r.d or '')) then
   local old = r.d
