@@ -26,6 +26,7 @@ One run at a time across replicas (a Redis lock).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
@@ -40,7 +41,7 @@ from consumer.envelope import Change, ChangeKind
 from consumer.index import TagIndex
 from consumer.metrics import Metrics
 from consumer.rediskeys import RedisKeys
-from consumer.registry_client import ManifestHead, RegistryClient
+from consumer.registry_client import INDEX_MEDIA_TYPES, ManifestHead, RegistryClient
 
 log = logging.getLogger(__name__)
 RepairListener = Callable[[str], Awaitable[None]]
@@ -180,6 +181,21 @@ class Reconciler:
         # A tag listed and gone before its HEAD is simply not there.
         return {tag: h for tag, h in results if h is not None}
 
+    async def _children(self, repository: str, head: ManifestHead) -> tuple[str, ...]:
+        """An index's child manifests, read from the registry: without them retention would have to keep every
+        untagged manifest of the repository (``index_children_unknown``)."""
+        if head.media_type not in INDEX_MEDIA_TYPES:
+            return ()
+        async with self._heads:
+            manifest = await self._registry.get_manifest(repository, head.digest)
+        if manifest is None:
+            return ()
+        try:
+            listed = json.loads(manifest.body).get("manifests") or []
+            return tuple(str(m["digest"]) for m in listed if isinstance(m, dict) and m.get("digest"))
+        except (ValueError, AttributeError, TypeError):
+            return ()
+
     async def _ghost_manifests(self, repository: str, observed_us: int) -> list[Drift]:
         ghosts: list[Drift] = []
         for manifest in await self._index.list_manifests(repository):
@@ -202,6 +218,7 @@ class Reconciler:
                     digest=head.digest,
                     media_type=head.media_type,
                     size=head.size,
+                    references=await self._children(item.repository, head),
                 )
             )
         elif item.kind == "ghost_tag":
@@ -246,6 +263,7 @@ def _synthetic(
     digest: str | None = None,
     media_type: str | None = None,
     size: int | None = None,
+    references: tuple[str, ...] = (),
 ) -> Change:
     """A repair as an index change, with the observation's clock and a unique event id."""
     return Change(
@@ -258,5 +276,6 @@ def _synthetic(
         digest=digest,
         media_type=media_type,
         size=size,
+        references=references,
         actor=ACTOR,
     )

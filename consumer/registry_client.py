@@ -45,6 +45,7 @@ OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 MANIFEST_MEDIA_TYPES = (OCI_INDEX, OCI_MANIFEST, DOCKER_MANIFEST_LIST, DOCKER_MANIFEST)
+INDEX_MEDIA_TYPES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})  # manifests whose references are manifests
 MANIFEST_ACCEPT = ", ".join(MANIFEST_MEDIA_TYPES)
 # distribution refuses manifests above 4 MiB; anything larger is not a manifest it served.
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024

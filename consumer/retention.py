@@ -79,7 +79,7 @@ from consumer.policy import (
     matches_any,
 )
 from consumer.rediskeys import RedisKeys, RepoKeys
-from consumer.registry_client import DOCKER_MANIFEST_LIST, OCI_INDEX
+from consumer.registry_client import INDEX_MEDIA_TYPES
 from consumer.version_index import VersionIndex, member_tag, version_member
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,6 @@ BOUNDARY_SLACK = 4
 _LAGGING_PUSHES = 64
 # Boundaries are read in one page when at most this many live tags are protected (else searched for).
 _PAGE_PROTECTED = 16
-INDEX_MEDIA_TYPES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
 _REFERRER_TAG = re.compile(r"^(sha256|sha512)-([0-9a-f]{64}|[0-9a-f]{128})(?:\.[\w.-]+)?$")
 _US = 1_000_000
 

@@ -247,3 +247,25 @@ async def test_one_run_at_a_time(
     assert runs(metrics, "ok") == 0 and runs(metrics, "error") == 0
     await reconciler.run()
     assert runs(metrics, "ok") == 1
+
+
+async def test_a_multi_arch_index_missed_by_the_events_is_repaired_with_its_children(
+    app_and_registry: tuple[TestClient[Any, Any], RegistryServer, NotificationEndpoint], tmp_path: Path,
+) -> None:
+    """Without its children, retention would keep every untagged manifest of the repository
+    (index_children_unknown); reconciliation reads them from the registry."""
+    client, registry, endpoint = app_and_registry
+    registry.stop()
+    registry.notifications = (
+        NotificationEndpoint(f"http://{LOOPBACK}:{free_port()}/v1/events", timeout_seconds=0.2, backoff_seconds=0.2),
+    )
+    registry.start()
+    index = oci.write_index(tmp_path / "layout", "multi")
+    await skopeo.push(index, registry, "team/multi", "1.0")  # the consumer never hears of it
+    registry.stop()
+    registry.notifications = (endpoint,)
+    registry.start()
+    await client.app[RECONCILER].run()
+    manifest = await client.app[INDEX].get_manifest("team/multi", index.digest)
+    assert manifest is not None and manifest.tags == ["1.0"]
+    assert sorted(manifest.references) == sorted(index.children)
