@@ -335,21 +335,12 @@ class DeletionWorker:
 
     async def execute(self, deletion: Deletion) -> Outcome:
         """Confirm one deletion and carry it out; raises on errors worth a retry."""
-        dropped = await self._check(deletion)
-        if isinstance(dropped, Outcome):
-            return dropped  # no permit spent on what will not be deleted
-        # The checks again once the permit is ours: they must be as close to the DELETE as they can be (a tag
-        # re-pushed or moved while waiting for the rate limit would otherwise go with it).
+        if await self._planner.confirm(deletion) is None:
+            return Outcome(deletion, "dropped", "no longer planned")  # no permit spent on it
+        # The permit bounds the load on the registry, so the registry's checks come after it, and all the
+        # checks as close to the DELETE as they can be (a tag re-pushed or moved while waiting for the rate
+        # limit would otherwise go with it).
         await self._limiter.acquire()
-        current = await self._check(deletion)
-        if isinstance(current, Outcome):
-            return current
-        # A registry that turns out unable to delete tags raises TagDeleteUnsupported (a RegistryError): the
-        # retry is confirmed again, now planned by digest since the client has learned what the registry can do.
-        return await self._delete(deletion, current)
-
-    async def _check(self, deletion: Deletion) -> Deletion | Outcome:
-        """The deletion as it stands now, or the outcome that drops it."""
         current = await self._planner.confirm(deletion)
         if current is None:
             return Outcome(deletion, "dropped", "no longer planned")
@@ -359,7 +350,9 @@ class DeletionWorker:
             subject = await self._live_subject(current)
             if subject is not None:
                 return Outcome(deletion, "dropped", f"refers to live manifest {subject}")
-        return current
+        # A registry that turns out unable to delete tags raises TagDeleteUnsupported (a RegistryError): the
+        # retry is confirmed again, now planned by digest since the client has learned what the registry can do.
+        return await self._delete(deletion, current)
 
     async def _delete(self, deletion: Deletion, current: Deletion) -> Outcome:
         """Write the intents, send the DELETE, and withdraw the intents if nothing was deleted."""
