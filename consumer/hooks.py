@@ -111,7 +111,11 @@ class EventHooks:
                      task: asyncio.Task[None]) -> None:
         self._workers.discard(task)
         self._given_up.discard(task)
-        if sub.queues.get(repository) is queue:  # cancelled before it ever ran: _work's finally did not do this
+        self._release(sub, repository, queue)  # a worker cancelled before it ran never reached its own
+
+    def _release(self, sub: _Subscription, repository: str, queue: collections.deque[tuple[Item, Any]]) -> None:
+        """Forget a repository's queue once its worker ends; what is left in it is given up."""
+        if sub.queues.get(repository) is queue:
             self._pending -= len(queue)
             del sub.queues[repository]
 
@@ -134,9 +138,9 @@ class EventHooks:
                 finally:
                     self._pending -= 1
         finally:
-            # Normally empty; after a cancelled drain, what is left is given up.
-            self._pending -= len(queue)
-            del sub.queues[repository]
+            # Here, not only in the done callback: a publish between the loop's end and the callback would
+            # append to a queue that no worker serves any more.
+            self._release(sub, repository, queue)
 
     async def drain(self, timeout_seconds: float) -> None:
         """Wait for queued listener runs, cancelling what is left after ``timeout_seconds``."""
